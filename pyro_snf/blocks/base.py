@@ -1,0 +1,233 @@
+"""The stochastic block protocol shared by every MCMC/Langevin layer.
+
+A stochastic block maps ``x`` to ``y`` by a random transition targeting the annealed energy
+``u_beta = (1 - beta) u_0 + beta u`` and returns, with ``y``, the path term
+
+.. math::
+
+    \\Delta S = \\log \\hat q(y \\to x) - \\log q(x \\to y),
+
+so that an SNF sample has importance log-weight ``-u(x_T) - log q_0(z) + sum_t dS_t``.
+Every block here uses its own kernel as the backward kernel (``qhat = q``), which makes
+``backward_step`` generic: running the block forward from ``y`` draws the backward move ``x`` and
+the pair's term is minus the run's term.
+
+Blocks are Pyro :class:`~pyro.distributions.torch_transform.TransformModule` objects with
+``bijective = False``: they register with ``pyro.module`` and compose in a
+``ComposeTransformModule``. The SNF engine calls :meth:`StochasticBlock.forward_step` (value and
+path term together) and never relies on caches. Used as a plain transform (``block(x)``), a block
+needs its potentials given at construction and keeps one identity-keyed record ``(x, y, dS)`` of
+its last call: ``inv(y)`` and ``log_abs_det_jacobian(x, y)`` answer for that pair only and raise a
+clear error for anything else. This is exactly what
+:class:`torch.distributions.TransformedDistribution` needs to return the path log-density of its
+own samples (use Pyro's bijections, which are cached by default).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from pyro.distributions.torch_transform import TransformModule
+from torch import Tensor, nn
+from torch.distributions import constraints
+
+from pyro_snf.energy import AnnealedEnergy, Potential
+
+
+class BlockInfo(NamedTuple):
+    """Statistics of a block's last call (0-d tensors; read them with ``float()``/``int()``).
+
+    ``acceptance_rate``: fraction of accepted proposals (1 for unadjusted dynamics);
+    ``num_nonfinite``: proposals or states whose energy or force was NaN/inf (rejected, or
+    for unadjusted dynamics the particle is frozen);
+    ``num_dead``: particles whose path term is ``-inf`` (zero importance weight).
+    """
+
+    acceptance_rate: Tensor
+    num_nonfinite: Tensor
+    num_dead: Tensor
+
+
+def _positive(name: str, value: float) -> float:
+    value = float(value)
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+class StochasticBlock(TransformModule):
+    """Base class: validation, learnable ``step_size``/``beta``, the transform record.
+
+    :param step_size: proposal scale or integrator step (> 0).
+    :param num_steps: number of MCMC/dynamics steps per call (>= 1).
+    :param beta: annealing parameter in [0, 1]; the block targets ``(1-beta) u_0 + beta u``.
+    :param learn_step_size: make ``step_size`` a parameter (stored as its log).
+    :param learn_beta: make ``beta`` a parameter (stored as a logit; initial values are clipped
+        into ``[1e-3, 1 - 1e-3]`` so that the logit is finite).
+    :param detach_forces: treat forces as constants in the backward pass (weights stay exact,
+        the gradient drops the force terms and is biased; see :mod:`pyro_snf.energy`).
+    :param potential: target energy, only needed when the block is used as a plain transform.
+    :param base_potential: base energy, likewise (only for ``beta != 1``).
+    """
+
+    bijective = False
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    sign = 1
+
+    def __init__(
+        self,
+        step_size: float = 0.1,
+        num_steps: int = 1,
+        beta: float = 1.0,
+        *,
+        learn_step_size: bool = False,
+        learn_beta: bool = False,
+        detach_forces: bool = False,
+        potential: Potential | None = None,
+        base_potential: Potential | None = None,
+    ) -> None:
+        super().__init__(cache_size=0)
+        step_size = _positive("step_size", step_size)
+        if int(num_steps) != num_steps or num_steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1, got {num_steps}")
+        beta = float(beta)
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must lie in [0, 1], got {beta}")
+        self.num_steps = int(num_steps)
+        self.detach_forces = detach_forces
+        self.potential = potential
+        self.base_potential = base_potential
+        log_step = torch.tensor(step_size).log()
+        if learn_step_size:
+            self.log_step_size = nn.Parameter(log_step)
+        else:
+            self.register_buffer("log_step_size", log_step)
+        self._fixed_beta: float | None = None if learn_beta else beta
+        clipped = min(max(beta, 1e-3), 1.0 - 1e-3)
+        self.beta_logit = nn.Parameter(torch.tensor(clipped).logit()) if learn_beta else None
+        self.last_info: BlockInfo | None = None
+        self._record: tuple[Tensor, Tensor, Tensor] | None = None
+
+    # -- parameters -------------------------------------------------------------------------
+    def step_size_like(self, x: Tensor) -> Tensor:
+        """The step size as a 0-d tensor on ``x``'s device and dtype."""
+        return self.log_step_size.to(dtype=x.dtype, device=x.device).exp()
+
+    @property
+    def step_size(self) -> Tensor:
+        return self.log_step_size.exp()
+
+    @property
+    def beta(self) -> float | Tensor:
+        if self.beta_logit is None:
+            return self._fixed_beta
+        return torch.sigmoid(self.beta_logit)
+
+    def energy(
+        self, potential: Potential, base_potential: Potential | None, like: Tensor
+    ) -> AnnealedEnergy:
+        beta = self.beta
+        if isinstance(beta, Tensor):
+            beta = beta.to(dtype=like.dtype, device=like.device)
+        return AnnealedEnergy(potential, base_potential, beta, self.detach_forces)
+
+    # -- the engine interface ----------------------------------------------------------------
+    def transition(self, x: Tensor, energy: AnnealedEnergy) -> tuple[Tensor, Tensor, BlockInfo]:
+        """Run ``num_steps`` steps from ``x``; return ``(y, dS, info)``. Implemented by subclasses."""
+        raise NotImplementedError
+
+    def forward_step(
+        self, x: Tensor, potential: Potential, base_potential: Potential | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``y ~ q(x -> .)``; return ``(y, dS)`` with ``dS = log qhat(y->x) - log q(x->y)``."""
+        if x.dim() < 1:
+            raise ValueError(f"{type(self).__name__} expects inputs of shape (..., D), got a scalar")
+        y, dS, info = self.transition(x, self.energy(potential, base_potential, x))
+        self.last_info = info
+        return y, dS
+
+    def backward_step(
+        self, y: Tensor, potential: Potential, base_potential: Potential | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``x ~ qhat(y -> .)``; return ``(x, dS)`` for the pair ``(x, y)``.
+
+        The backward kernel is the block's own kernel, so this is a forward run from ``y`` whose
+        path term changes sign.
+        """
+        x, dS_run = self.forward_step(y, potential, base_potential)
+        return x, -dS_run
+
+    # -- the Transform interface -------------------------------------------------------------
+    def _bound_potential(self) -> Potential:
+        if self.potential is None:
+            raise ValueError(
+                f"{type(self).__name__} used as a plain transform needs its energy: construct it with "
+                "potential= (and base_potential= for beta < 1), or put it in a StochasticNormalizingFlow"
+            )
+        return self.potential
+
+    def _call(self, x: Tensor) -> Tensor:
+        rec = self._record
+        if rec is not None and x is rec[0]:
+            return rec[1]  # same input object: the recorded draw (torch's cache semantics)
+        if rec is not None and x.shape == rec[0].shape and torch.equal(x, rec[0]):
+            raise RuntimeError(
+                f"{type(self).__name__} was called on a recomputed copy of its last input. A stochastic "
+                "block cannot be re-run to recover its output (ComposeTransform.log_abs_det_jacobian does "
+                "this when a bijection before it has cache_size=0). Use cached bijections "
+                "(.with_cache(1)) or StochasticNormalizingFlow, which never re-runs layers."
+            )
+        y, dS = self.forward_step(x, self._bound_potential(), self.base_potential)
+        self._record = (x, y, dS)
+        return y
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        rec = self._record
+        if rec is not None and y is rec[1]:
+            return rec[0]
+        raise NotImplementedError(
+            f"{type(self).__name__} is stochastic and has no inverse: inv(y) is only defined for the "
+            "output of its last call. To score arbitrary points use a flow of bijections, or "
+            "StochasticNormalizingFlow.backward_path for the backward-path bound."
+        )
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        rec = self._record
+        if rec is not None and x is rec[0] and y is rec[1]:
+            return rec[2]
+        raise NotImplementedError(
+            f"{type(self).__name__}.log_abs_det_jacobian(x, y) is the path term of a pair it produced; "
+            "this (x, y) is not its last (input, output) pair. Score samples right after drawing them."
+        )
+
+    def extra_repr(self) -> str:
+        beta = self.beta
+        beta = float(beta) if isinstance(beta, Tensor) else beta
+        return f"step_size={float(self.step_size):.4g}, num_steps={self.num_steps}, beta={beta:.4g}"
+
+
+def where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``a`` where ``mask`` (shape ``batch``) else ``b`` (shape ``batch + (D,)``)."""
+    return torch.where(mask.unsqueeze(-1), a, b)
+
+
+def make_info(accepted: Tensor, nonfinite: Tensor, dead: Tensor, num_proposals: int) -> BlockInfo:
+    """Build a :class:`BlockInfo` from per-particle counts without a host sync."""
+    n = max(dead.numel(), 1) * num_proposals
+    return BlockInfo(
+        acceptance_rate=accepted.sum() / n,
+        num_nonfinite=nonfinite.sum(),
+        num_dead=dead.sum(),
+    )
+
+
+def log_uniform_like(u: Tensor) -> Tensor:
+    """``log U`` with ``U ~ Uniform(0, 1)`` per particle, on ``u``'s device and dtype."""
+    return torch.rand_like(u, dtype=u.dtype).log()
+
+
+def kill(dS: Tensor, dead: Tensor) -> Tensor:
+    """Path term ``-inf`` (weight zero) for dead particles, never NaN."""
+    return torch.where(dead, torch.full_like(dS, -float("inf")), dS)

@@ -1,0 +1,29 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="pyro_snf",
+    version="0.1.0",
+    description="Stochastic Normalizing Flows for Pyro: SNF layers, an SNF autoguide, importance sampling",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["pyro_snf", "pyro_snf.*"]),
+    package_data={"pyro_snf": ["targets/data/*.csv", "data/*.csv", "data/*.json", "data/*.md"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "pyro-ppl>=1.9",
+        "numpy>=1.24",
+        "arviz>=0.17",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "ruff>=0.5", "scipy>=1.10", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
+        "benchmarks": ["scipy>=1.10", "normflows>=1.7"],
+        "docs": ["nbformat>=5", "nbclient>=0.7", "ipykernel>=6"],
+    },
+    entry_points={"console_scripts": ["pyro-snf=pyro_snf.__main__:main"]},
+)
