@@ -1,0 +1,17 @@
+"""Benchmark energies with known ``log Z`` and exact samplers where they exist."""
+
+from pyro_snf.targets.base import Target
+from pyro_snf.targets.double_well import LEFT_WELL_MASS, DoubleWell, ManyWell
+from pyro_snf.targets.funnel import NealFunnel
+from pyro_snf.targets.gmm import GMM40, GaussianMixture, gmm40_means
+
+__all__ = [
+    "GMM40",
+    "LEFT_WELL_MASS",
+    "DoubleWell",
+    "GaussianMixture",
+    "ManyWell",
+    "NealFunnel",
+    "Target",
+    "gmm40_means",
+]
