@@ -18,11 +18,12 @@ Example::
 
     >>> import torch
     >>> from pyro_snf.targets import DoubleWell
+    >>> _ = torch.manual_seed(0)
     >>> edges = torch.linspace(-3, 3, 31, dtype=torch.float64)
     >>> profiles = torch.stack([histogram_profile(DoubleWell().sample(100_000)[:, 0], edges)
     ...                         for _ in range(5)])
     >>> err = profile_error(profiles, exact_double_well_profile(edges), edges)
-    >>> err["error"] < 0.3
+    >>> err["error"] < 0.4  # even exact samples score ~0.2-0.3 kT: sparse bins at the barrier
     True
 """
 
