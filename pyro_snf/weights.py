@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 
-def sanitize_log_weights(log_w: Tensor, warn: bool = True, what: str = "samples") -> Tensor:
+def sanitize_log_weights(log_w: Tensor, warn: bool = True, what: str = "samples",
+                         stacklevel: int = 2) -> Tensor:
     """Replace NaN / ``+inf`` log-weights by ``-inf`` (weight zero) and warn with the count of
     particles that have zero weight because of non-finite energies."""
     bad = torch.isnan(log_w) | (log_w == float("inf"))
@@ -42,7 +43,7 @@ def sanitize_log_weights(log_w: Tensor, warn: bool = True, what: str = "samples"
                 f"{zero} of {log_w.numel()} {what} have zero importance weight (non-finite energy, "
                 "force or log-density along their path); they are kept with log-weight -inf",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=stacklevel,
             )
     return clean
 
@@ -127,10 +128,10 @@ class ImportanceWeights:
             return torch.multinomial(p, n_out, replacement=True, generator=generator)
         if method != "systematic":
             raise ValueError(f"method must be 'systematic' or 'multinomial', got {method!r}")
-        u0 = torch.rand((), dtype=p.dtype, device=p.device, generator=generator)
-        points = (u0 + torch.arange(n_out, dtype=p.dtype, device=p.device)) / n_out
-        cdf = p.cumsum(0)
-        cdf[-1] = 1.0
+        u0 = 1.0 - torch.rand((), dtype=torch.float64, device=p.device, generator=generator)
+        points = (u0 + torch.arange(n_out, dtype=torch.float64, device=p.device)) / n_out
+        cdf = p.to(torch.float64).cumsum(0)
+        cdf = cdf / cdf[-1]
         return torch.searchsorted(cdf, points).clamp_(max=self.num_samples - 1)
 
     def summary(self) -> dict[str, float]:

@@ -4,6 +4,9 @@ import pyro
 import pytest
 import torch
 
+# Tiny tensors on few cores: one intra-op thread is faster and keeps shared machines responsive.
+torch.set_num_threads(1)
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

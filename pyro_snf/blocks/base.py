@@ -75,6 +75,7 @@ class StochasticBlock(TransformModule):
     domain = constraints.real_vector
     codomain = constraints.real_vector
     sign = 1
+    __repr__ = nn.Module.__repr__
 
     def __init__(
         self,
@@ -204,8 +205,8 @@ class StochasticBlock(TransformModule):
 
     def extra_repr(self) -> str:
         beta = self.beta
-        beta = float(beta) if isinstance(beta, Tensor) else beta
-        return f"step_size={float(self.step_size):.4g}, num_steps={self.num_steps}, beta={beta:.4g}"
+        beta = float(beta.detach()) if isinstance(beta, Tensor) else beta
+        return f"step_size={float(self.step_size.detach()):.4g}, num_steps={self.num_steps}, beta={beta:.4g}"
 
 
 def where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -213,11 +214,13 @@ def where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(mask.unsqueeze(-1), a, b)
 
 
-def make_info(accepted: Tensor, nonfinite: Tensor, dead: Tensor, num_proposals: int) -> BlockInfo:
-    """Build a :class:`BlockInfo` from per-particle counts without a host sync."""
+def make_info(accepted: Tensor, nonfinite: Tensor, dead: Tensor, num_proposals: int,
+              dtype: torch.dtype) -> BlockInfo:
+    """Build a :class:`BlockInfo` from per-particle counts without a host sync; the acceptance
+    rate has the floating ``dtype`` of the particles."""
     n = max(dead.numel(), 1) * num_proposals
     return BlockInfo(
-        acceptance_rate=accepted.sum() / n,
+        acceptance_rate=accepted.sum().to(dtype) / n,
         num_nonfinite=nonfinite.sum(),
         num_dead=dead.sum(),
     )

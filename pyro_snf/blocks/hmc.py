@@ -62,7 +62,7 @@ class HMCBlock(StochasticBlock):
             g = where_rows(accept, g_new, g)
             accepted = accepted + accept
             nonfinite = nonfinite + ~ok
-        return x, kill(u - u_in, dead), make_info(accepted, nonfinite, dead, self.num_steps)
+        return x, kill(u - u_in, dead), make_info(accepted, nonfinite, dead, self.num_steps, x.dtype)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", num_leapfrog_steps={self.num_leapfrog_steps}"

@@ -52,7 +52,7 @@ class LangevinBlock(StochasticBlock):
             dead = dead | ~ok
             x = where_rows(dead, x, y)
             g = where_rows(dead, g, g_y)
-        info = make_info(torch.full_like(nonfinite, self.num_steps), nonfinite, dead, self.num_steps)
+        info = make_info(torch.full_like(nonfinite, self.num_steps), nonfinite, dead, self.num_steps, x.dtype)
         return x, kill(dS, dead), info
 
 

@@ -53,4 +53,4 @@ class MALABlock(StochasticBlock):
             g = where_rows(accept, g_prop, g)
             accepted = accepted + accept
             nonfinite = nonfinite + ~ok
-        return x, kill(u - u_in, dead), make_info(accepted, nonfinite, dead, self.num_steps)
+        return x, kill(u - u_in, dead), make_info(accepted, nonfinite, dead, self.num_steps, x.dtype)

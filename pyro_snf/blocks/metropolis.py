@@ -49,4 +49,4 @@ class MetropolisBlock(StochasticBlock):
             accepted = accepted + accept
             nonfinite = nonfinite + ~finite
         dS = kill(u - u_in, dead)
-        return x, dS, make_info(accepted, nonfinite, dead, self.num_steps)
+        return x, dS, make_info(accepted, nonfinite, dead, self.num_steps, x.dtype)

@@ -74,7 +74,7 @@ class UnderdampedLangevinBlock(StochasticBlock):
             v = where_rows(dead, v, v_full)
             dS = torch.where(dead, dS, dS_full)
             v = a * v + noise_scale * torch.randn_like(x)
-        info = make_info(torch.full_like(nonfinite, self.num_steps), nonfinite, dead, self.num_steps)
+        info = make_info(torch.full_like(nonfinite, self.num_steps), nonfinite, dead, self.num_steps, x.dtype)
         return x, kill(dS, dead), info
 
     def extra_repr(self) -> str:
