@@ -11,10 +11,12 @@ where :math:`u_0 = -\\log q_0` is the base energy and :math:`u` the target energ
 :math:`\\nabla u_\\beta` by autograd, under :func:`torch.enable_grad` so that sampling inside
 ``torch.no_grad()`` (Pyro's ``Predictive``, ``psis_diagnostic``) still works.
 
-Forces are differentiable (``create_graph=True``) when a graph is being recorded and
-``detach_forces`` is off. With ``detach_forces=True`` the force is treated as a constant in the
-backward pass: importance weights stay exact, but the reverse-KL gradient drops the terms that flow
-through the force, i.e. it becomes a biased (cheaper, lower-variance) gradient estimator.
+Forces are differentiable (``create_graph=True``) when a graph is being recorded, ``detach_forces``
+is off and ``x`` or ``beta`` require gradients (a force at a point that depends on no parameter
+needs no graph; the energy value keeps its graph either way). With ``detach_forces=True`` the
+force is treated as a constant in the backward pass: importance weights stay exact, but the
+reverse-KL gradient drops the terms that flow through the force, i.e. it becomes a biased
+(cheaper, lower-variance) gradient estimator.
 
 Example::
 
@@ -89,10 +91,12 @@ class AnnealedEnergy:
     def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Energy (shape ``batch``) and force ``grad u`` (shape of ``x``) in one evaluation."""
         recording = torch.is_grad_enabled()
+        beta_grad = isinstance(self.beta, Tensor) and self.beta.requires_grad
         with torch.enable_grad():
             xg = x if (recording and x.requires_grad) else x.detach().requires_grad_(True)
             u = self(xg)
-            create_graph = recording and not self.detach_forces
+            # a differentiable force is only needed when x or beta carry parameters' gradients
+            create_graph = recording and not self.detach_forces and (x.requires_grad or beta_grad)
             (g,) = torch.autograd.grad(u.sum(), xg, create_graph=create_graph, retain_graph=recording)
         if not recording:
             return u.detach(), g.detach()
