@@ -11,6 +11,7 @@ from pyro_snf.blocks import (
 )
 from pyro_snf.distribution import StochasticNormalizingFlow
 from pyro_snf.energy import AnnealedEnergy
+from pyro_snf.train import TrainHistory, fit
 from pyro_snf.weights import ImportanceWeights, sanitize_log_weights
 
 __version__ = "0.1.0"
@@ -25,6 +26,8 @@ __all__ = [
     "MetropolisBlock",
     "StochasticBlock",
     "StochasticNormalizingFlow",
+    "TrainHistory",
     "UnderdampedLangevinBlock",
+    "fit",
     "sanitize_log_weights",
 ]

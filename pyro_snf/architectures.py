@@ -1,10 +1,14 @@
 """Ready-made SNF architectures: flow blocks interleaved with stochastic blocks on a schedule.
 
-The layout follows Wu, Köhler & Noé (2020): a stochastic block at the prior (``beta = 0``), then
-flow blocks with a stochastic block between consecutive ones, the annealing parameter rising
-linearly to 1 (``betas = linspace(0, 1, num_flow_blocks)``), optionally one more block at the
-target after the last flow block. With three RealNVP blocks and Metropolis blocks this is the
-paper's double-well SNF: ``MC(0) RNVP MC(0.5) RNVP MC(1) RNVP``.
+Two layouts, both with the annealing parameter rising linearly to 1
+(``betas = linspace(0, 1, num_flow_blocks)``):
+
+- interleaved (default): a stochastic block at the prior, then flow blocks with a stochastic block
+  between consecutive ones, optionally one more at the target: ``B(0) F B(0.5) F B(1) F [B(1)]``;
+- ``blocks_after_flows=True``, the layout of the paper's released code: each flow block is followed
+  by a stochastic block, optionally preceded by one at the prior: ``[B(0)] F B(0) F B(0.5) F B(1)``.
+  The last block relaxes the flow's output at the target itself. :func:`paper_double_well_snf`
+  uses it.
 
 Example::
 
@@ -13,6 +17,9 @@ Example::
     >>> snf = make_snf(DoubleWell(), block="metropolis", hidden_dims=(16, 16))
     >>> [type(t).__name__ for t in snf.layers][:3]
     ['MetropolisBlock', 'AffineCoupling', 'Permute']
+    >>> paper = paper_double_well_snf(DoubleWell(), "snf")
+    >>> [round(float(b.beta), 2) for b in paper.blocks]
+    [0.0, 0.0, 0.5, 1.0]
 """
 
 from __future__ import annotations
@@ -54,8 +61,9 @@ def snf_layers(input_dim: int, *, num_flow_blocks: int = 3, num_couplings: int =
                hidden_dims: Sequence[int] = (64, 64), flow: str | None = "real_nvp",
                block: str | BlockFactory | None = "metropolis", block_kwargs: dict | None = None,
                betas: Sequence[float] | None = None, prior_block: bool = True,
-               final_block: bool = False) -> list[Transform]:
-    """Layers ``[B(beta_0)] F_1 B(beta_1) F_2 ... F_K [B(1)]``.
+               final_block: bool = False, blocks_after_flows: bool = False) -> list[Transform]:
+    """Layers ``[B(beta_0)] F_1 B(beta_1) F_2 ... F_K [B(1)]``, or with ``blocks_after_flows``
+    ``[B(0)] F_1 B(beta_0) F_2 B(beta_1) ... F_K B(beta_K-1)``.
 
     :param flow: ``"real_nvp"``, ``"spline"`` or ``None`` (no flow: annealed importance sampling
         with ``num_flow_blocks`` stochastic blocks).
@@ -63,7 +71,9 @@ def snf_layers(input_dim: int, *, num_flow_blocks: int = 3, num_couplings: int =
     :param block_kwargs: keyword arguments of the block class (``step_size``, ``num_steps``, ...).
     :param betas: one annealing value per flow block (default ``linspace(0, 1, num_flow_blocks)``).
     :param prior_block: put the first block before the first flow block (at the prior).
-    :param final_block: add a block at ``beta = 1`` after the last flow block.
+    :param final_block: add a block at ``beta = 1`` after the last flow block (interleaved layout).
+    :param blocks_after_flows: the released code's layout (see module doc); ``prior_block`` then adds
+        a block at ``beta = 0`` before the first flow block.
     """
     make_block = _factory(block, block_kwargs or {})
     if flow is not None and flow not in FLOWS:
@@ -72,6 +82,14 @@ def snf_layers(input_dim: int, *, num_flow_blocks: int = 3, num_couplings: int =
         betas = torch.linspace(0.0, 1.0, num_flow_blocks).tolist() if num_flow_blocks > 1 else [1.0]
     if len(betas) != num_flow_blocks:
         raise ValueError(f"need one beta per flow block ({num_flow_blocks}), got {len(betas)}")
+    if blocks_after_flows:
+        if make_block is None or flow is None:
+            raise ValueError("blocks_after_flows needs both a flow and a block")
+        layers = [make_block(0.0)] if prior_block else []
+        for beta in betas:
+            layers.extend(FLOWS[flow](input_dim, num_couplings, hidden_dims))
+            layers.append(make_block(float(beta)))
+        return layers
     layers: list[Transform] = []
     for i, beta in enumerate(betas):
         if make_block is not None and (i > 0 or prior_block):
@@ -102,18 +120,21 @@ def paper_double_well_snf(potential: Potential, variant: str = "snf") -> Stochas
     """The double-well models of the paper's comparison, one call each.
 
     ``variant``: ``"rnvp"`` (3 RealNVP blocks of 2 couplings, MLP 64-64), ``"snf"`` (the same plus
-    Metropolis blocks of 20 steps, step 0.25, at beta 0, 0.5, 1) or ``"snf_learnable"`` (Metropolis
-    step sizes and the intermediate beta learnable).
+    Metropolis blocks of 20 steps, step 0.25, in the released code's layout:
+    ``MC(0) RNVP MC(0) RNVP MC(0.5) RNVP MC(1)``) or ``"snf_learnable"`` (all Metropolis step sizes
+    and the annealing ``beta`` of the two intermediate blocks learnable).
     """
     if variant == "rnvp":
         return make_snf(potential, 2, block=None)
     if variant not in ("snf", "snf_learnable"):
         raise ValueError(f"variant must be 'rnvp', 'snf' or 'snf_learnable', got {variant!r}")
     learn = variant == "snf_learnable"
+    count = iter(range(4))
 
     def metropolis(beta: float) -> MetropolisBlock:
-        learn_beta = learn and 0.0 < beta < 1.0
+        index = next(count)  # 0: at the prior, 1..3: after each flow block
+        learn_beta = learn and index in (1, 2)
         return MetropolisBlock(step_size=0.25, num_steps=20, beta=beta, learn_step_size=learn,
                                learn_beta=learn_beta)
 
-    return make_snf(potential, 2, block=metropolis)
+    return make_snf(potential, 2, block=metropolis, blocks_after_flows=True)

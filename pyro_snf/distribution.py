@@ -133,7 +133,7 @@ class StochasticNormalizingFlow(TorchDistribution):
         """Importance log-weights ``-u(x) - log_prob(x)`` against ``exp(-u)``; NaN-free."""
         if self.potential is None:
             raise ValueError("log weights need the target energy: construct the flow with potential=")
-        return sanitize_log_weights(-self._target(x) - self.log_prob(x), warn=warn)
+        return sanitize_log_weights(-self._target(x) - self.log_prob(x), warn=warn, stacklevel=3)
 
     def sample_and_log_weight(self, sample_shape: torch.Size | tuple = torch.Size()) -> tuple[Tensor, Tensor]:
         """Draw samples (no gradients) and their importance log-weights against ``exp(-u)``.

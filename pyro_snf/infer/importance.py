@@ -138,7 +138,7 @@ def importance_sample(
     raw = lp - lq
     invalid = torch.isnan(raw) | (raw == math.inf) | torch.isnan(lp) | (lp == math.inf) | ~torch.isfinite(lq)
     num_nonfinite = int(invalid.sum())  # log p = -inf (outside the support) is a legitimate zero weight
-    log_w = sanitize_log_weights(raw, warn=warn, what="importance samples")
+    log_w = sanitize_log_weights(raw, warn=warn, what="importance samples", stacklevel=3)
     khat = psis_khat(log_w)
     if warn and khat > KHAT_THRESHOLD and bool(torch.isfinite(log_w).any()):
         warnings.warn(
