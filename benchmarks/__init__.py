@@ -1,0 +1,1 @@
+"""Benchmark scripts of pyro_snf (measurements, not tests)."""
