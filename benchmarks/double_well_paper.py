@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set-size", type=int, default=100_000)
     parser.add_argument("--iterations", type=int, nargs=2, default=(300, 300))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--layout", default="interleaved", choices=["interleaved", "after_flows"])
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         data = target.sample(100_000)
         for variant in args.variants:
             torch.manual_seed(seed)
-            snf = paper_double_well_snf(target, variant)
+            snf = paper_double_well_snf(target, variant, layout=args.layout)
             start = time.perf_counter()
             train_paper_protocol(snf, data, iterations=tuple(args.iterations))
             train_seconds = time.perf_counter() - start
@@ -121,8 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "double_well_paper.json").write_text(json.dumps(results, indent=1))
-    (out / "double_well_paper.md").write_text(table + "\n")
+    stem = "double_well_paper" + ("" if args.layout == "interleaved" else f"_{args.layout}")
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    (out / f"{stem}.md").write_text(table + "\n")
     return results
 
 
