@@ -100,8 +100,14 @@ class StochasticNormalizingFlow(TorchDistribution):
         return [block.last_info for block in self.blocks]
 
     def base_potential(self, y: Tensor) -> Tensor:
-        """``u_0(y) = -log q_0(y)``, the energy that blocks with ``beta < 1`` anneal from."""
-        return -self.base_dist.log_prob(y)
+        """``u_0(y) = -log q_0(y)``, the energy that blocks with ``beta < 1`` anneal from.
+
+        ``+inf`` at non-finite points (a diverged proposal), which blocks then reject, instead of
+        the base distribution's validation error.
+        """
+        ok = torch.isfinite(y).all(-1)
+        u = -self.base_dist.log_prob(torch.where(ok.unsqueeze(-1), y, torch.zeros_like(y)))
+        return torch.where(ok, u, torch.full_like(u, float("inf")))
 
     def _target(self, y: Tensor) -> Tensor:
         return check_energy(self.potential(y), y)

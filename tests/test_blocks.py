@@ -409,3 +409,21 @@ def test_unadjusted_blocks_kill_particles_that_hit_nonfinite_energy(name):
     assert torch.isfinite(y).all()  # dead particles are frozen at their last finite state
     assert torch.isfinite(walled(y)).all()
     assert float(info.acceptance_rate) == 1.0
+
+
+def test_diverging_trajectories_with_annealing_are_rejected_not_raised():
+    """A diverged HMC trajectory at beta < 1 reaches the base energy with non-finite points:
+    it must be rejected and counted, not hit the base distribution's validation error."""
+    import pyro.distributions as dist
+
+    from pyro_snf import StochasticNormalizingFlow
+
+    def u(x):
+        return 0.5 * (x**2).sum(-1) * torch.exp(-3 * x[..., 0])
+
+    base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    block = HMCBlock(2.0, 2, num_leapfrog_steps=10, beta=0.5)
+    snf = StochasticNormalizingFlow(base, [block], u)
+    x, log_w = snf.sample_and_log_weight((500,))
+    assert not torch.isnan(log_w).any() and torch.isfinite(x).all()
+    assert int(block.last_info.num_nonfinite) > 0
