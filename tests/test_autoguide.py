@@ -23,14 +23,6 @@ from pyro_snf.weights import ImportanceWeights
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small batched tensors: one thread is ~10x faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # -- conjugate models with exact log evidence and posterior moments ------------------------------
 def linear_regression(n=20, d=3, sigma=0.5):

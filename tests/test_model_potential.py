@@ -17,15 +17,6 @@ from pyro_snf.infer.potential import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small batched tensors: one thread is ~10x faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def constrained_model(y):
     """Positive, interval, simplex, corr-Cholesky, vector and plated latents."""
     dtype, device = y.dtype, y.device
