@@ -10,7 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["pyro_snf", "pyro_snf.*"]),
-    package_data={"pyro_snf": ["targets/data/*.csv", "data/*.csv", "data/*.json", "data/*.md"]},
+    package_data={"pyro_snf": ["targets/data/*.csv", "targets/data/*.txt",
+                               "data/*.csv", "data/*.json", "data/*.md"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",

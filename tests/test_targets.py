@@ -15,8 +15,10 @@ from pyro_snf.targets import (
     LEFT_WELL_MASS,
     DoubleWell,
     GaussianMixture,
+    ImageDensity,
     ManyWell,
     NealFunnel,
+    SNFLetters,
     gmm40_means,
 )
 from pyro_snf.targets.double_well import LOG_Z_1D, double_well_x1_energy
@@ -169,6 +171,48 @@ def test_gaussian_mixture_sampler_moments():
     assert ((x.var(0) - exact_var).abs() < 4 * se_var).all()
 
 
+def test_weighted_mixture_sampler_and_normaliser():
+    means = torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, -3.0]])
+    weights = torch.tensor([1.0, 2.0, 5.0])
+    target = GaussianMixture(means, 0.5, weights)
+    n = 60_000
+    x = target.sample(n, dtype=torch.float64, device="cpu")
+    exact_mean = (weights[:, None] / 8 * means).sum(0).double()
+    se = (x.var(0) / n).sqrt()
+    assert ((x.mean(0) - exact_mean).abs() < 4 * se).all()
+    # the mode masses are multinomial(n, w): chi-square against the weights
+    counts = (target.mode_counts(x) * n).numpy()
+    assert stats.chisquare(counts, f_exp=(weights / 8 * n).numpy()).pvalue > 1e-3
+    assert_close_in_se(is_log_Z(target, 400_000, 3.0, torch.Generator().manual_seed(1)), 0.0)
+
+
+def test_snf_letters_normalised_on_a_grid_and_sampler_inside_the_strokes():
+    target = SNFLetters()
+    # Riemann sum of exp(-u) on a fine grid covering the picture (8 x 2.9 units) with a margin:
+    # the mixture of 462 Gaussians of std 0.08 integrates to 1 (the quadrature error is ~1e-6).
+    h = 0.02
+    g1, g2 = torch.arange(-4.6, 4.6, h, dtype=torch.float64), torch.arange(-2.0, 2.0, h, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(g1, g2, indexing="ij"), -1).reshape(-1, 2)
+    assert float(torch.exp(-target(grid)).sum() * h * h) == pytest.approx(1.0, abs=1e-4)
+    # exact samples sit within a few std of a lit pixel centre
+    x = target.sample(5_000, dtype=torch.float64)
+    dist_to_pixel = torch.cdist(x, target.means).min(-1).values
+    assert float(dist_to_pixel.max()) < 5 * target.std
+    # the picture is upright: the "S" is on the left, the top bar of the "F" on the upper right
+    assert float(target.means[:, 0].min()) < -3.9 and float(target.means[:, 1].max()) > 1.3
+
+
+def test_image_density_rejects_bad_pictures():
+    with pytest.raises(ValueError, match="non-negative"):
+        ImageDensity(torch.tensor([[1.0, -1.0]]))
+    with pytest.raises(ValueError, match="2-D"):
+        ImageDensity(torch.ones(2, 2, 2))
+    with pytest.raises(ValueError, match="positive"):
+        ImageDensity(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="weights"):
+        GaussianMixture(torch.zeros(2, 2), 1.0, torch.tensor([1.0, -1.0]))
+
+
 # -- dtype, device, shapes ------------------------------------------------------------------------
 
 
@@ -177,6 +221,7 @@ TARGETS = {
     "many_well": lambda: ManyWell(6),
     "funnel": lambda: NealFunnel(4),
     "gmm40": GMM40,
+    "snf_letters": SNFLetters,
 }
 
 

@@ -25,10 +25,11 @@ def gmm40_means() -> Tensor:
 
 
 class GaussianMixture(Target):
-    """Equally weighted isotropic Gaussian mixture; normalised, so ``log Z = 0``.
+    """Isotropic Gaussian mixture ``sum_k w_k N(mu_k, std^2 I)``; normalised, so ``log Z = 0``.
 
     :param means: ``(K, dim)`` component means.
     :param std: component standard deviation.
+    :param weights: ``(K,)`` non-negative component weights (normalised here); default equal.
 
     Example::
 
@@ -39,28 +40,39 @@ class GaussianMixture(Target):
 
     log_Z = 0.0
 
-    def __init__(self, means: Tensor, std: float) -> None:
+    def __init__(self, means: Tensor, std: float, weights: Tensor | None = None) -> None:
         self.means = means.to(torch.float64)
         self.num_modes, self.dim = self.means.shape
         self.std = float(std)
-        self._cache: dict[tuple, Tensor] = {}
+        if weights is None:
+            weights = torch.ones(self.num_modes, dtype=torch.float64)
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        if weights.shape != (self.num_modes,) or not bool((weights >= 0).all()) or not weights.sum() > 0:
+            raise ValueError(f"weights must be {self.num_modes} non-negative numbers with a positive sum, "
+                             f"got shape {tuple(weights.shape)}")
+        self.weights = weights / weights.sum()
+        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
-    def _means_like(self, x: Tensor) -> Tensor:
+    def _params_like(self, x: Tensor) -> tuple[Tensor, Tensor]:
         key = (x.dtype, x.device)
         if key not in self._cache:
-            self._cache[key] = self.means.to(dtype=x.dtype, device=x.device)
+            self._cache[key] = (self.means.to(dtype=x.dtype, device=x.device),
+                                self.weights.log().to(dtype=x.dtype, device=x.device))
         return self._cache[key]
 
     def energy(self, x: Tensor) -> Tensor:
-        diff = x.unsqueeze(-2) - self._means_like(x)
-        log_comp = -0.5 * diff.pow(2).sum(-1) / self.std**2
-        log_norm = self.dim * math.log(self.std * math.sqrt(2 * math.pi)) + math.log(self.num_modes)
+        means, log_weights = self._params_like(x)
+        log_comp = -0.5 * (x.unsqueeze(-2) - means).pow(2).sum(-1) / self.std**2 + log_weights
+        log_norm = self.dim * math.log(self.std * math.sqrt(2 * math.pi))
         return -(torch.logsumexp(log_comp, dim=-1) - log_norm)
 
     def sample(self, num_samples: int, *, dtype: torch.dtype = torch.float32,
                device: torch.device | str = "cpu") -> Tensor:
         means = self.means.to(dtype=dtype, device=device)
-        idx = torch.randint(self.num_modes, (num_samples,), device=device)
+        if bool((self.weights == self.weights[0]).all()):
+            idx = torch.randint(self.num_modes, (num_samples,), device=device)
+        else:
+            idx = torch.multinomial(self.weights.to(device), num_samples, replacement=True)
         return means[idx] + self.std * torch.randn(num_samples, self.dim, dtype=dtype, device=device)
 
     def mode_counts(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
