@@ -114,8 +114,11 @@ class StochasticNormalizingFlow(TorchDistribution):
 
     # -- sampling --------------------------------------------------------------------------------
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return self._draw(torch.Size(sample_shape))
+
+    def _draw(self, sample_shape: torch.Size, states: list[Tensor] | None = None) -> Tensor:
         z = self.base_dist.rsample(sample_shape)
-        x, sum_dS = forward_path(self.layers, z, self._target, self.base_potential)
+        x, sum_dS = forward_path(self.layers, z, self._target, self.base_potential, states)
         log_q = self.base_dist.log_prob(z) - sum_dS
         setattr(x, _ATTR, (self._token, log_q))
         return x
@@ -150,6 +153,20 @@ class StochasticNormalizingFlow(TorchDistribution):
         with torch.no_grad():
             x = self.rsample(torch.Size(sample_shape))
             return x, self.log_weight(x)
+
+    def sample_trajectory(
+        self, sample_shape: torch.Size | tuple = torch.Size()
+    ) -> tuple[list[Tensor], Tensor]:
+        """Draw samples (no gradients) and keep the state after every layer.
+
+        Returns ``(states, log_w)``: ``states[0]`` is the base draw ``z``, ``states[t]`` the state
+        after layer ``t`` (``len(self.layers) + 1`` tensors, the last the sample ``x``), and ``log_w``
+        the importance log-weights of ``x`` as in :meth:`sample_and_log_weight`.
+        """
+        states: list[Tensor] = []
+        with torch.no_grad():
+            x = self._draw(torch.Size(sample_shape), states)
+            return states, self.log_weight(x)
 
     def importance_weights(self, num_samples: int) -> tuple[Tensor, ImportanceWeights]:
         """``num_samples`` draws and their :class:`~pyro_snf.weights.ImportanceWeights`."""

@@ -61,10 +61,16 @@ def _check_shape(i: int, layer: Layer, before: Tensor, after: Tensor) -> None:
 
 
 def forward_path(
-    layers: Sequence[Layer], z: Tensor, potential: Potential, base_potential: Potential | None
+    layers: Sequence[Layer], z: Tensor, potential: Potential, base_potential: Potential | None,
+    states: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Push base samples ``z`` through the layers; return ``(x, sum_t dS_t)``."""
+    """Push base samples ``z`` through the layers; return ``(x, sum_t dS_t)``.
+
+    If ``states`` is a list, the state after every layer is appended to it (``z`` first).
+    """
     y = z
+    if states is not None:
+        states.append(z)
     total = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
     for i, layer in enumerate(layers):
         if isinstance(layer, StochasticBlock):
@@ -75,6 +81,8 @@ def forward_path(
             dS = _log_det(layer, y, y_next)
         total = total + dS
         y = y_next
+        if states is not None:
+            states.append(y)
     return y, total
 
 

@@ -252,6 +252,21 @@ def test_sample_and_log_weight():
     assert isinstance(iw, ImportanceWeights) and iw.num_samples == 300 and x2.shape == (300, D)
 
 
+def test_sample_trajectory_keeps_every_state_and_matches_sample_and_log_weight():
+    snf, _ = affine_metropolis_snf()
+    torch.manual_seed(3)
+    x, log_w = snf.sample_and_log_weight((400,))
+    torch.manual_seed(3)
+    states, log_w_traj = snf.sample_trajectory((400,))
+    assert len(states) == len(snf.layers) + 1 and all(s.shape == (400, D) for s in states)
+    assert torch.equal(states[-1], x) and torch.equal(log_w_traj, log_w)
+    assert not log_w_traj.requires_grad
+    # a bijection's state is that layer applied to the previous one; a block's state is a new draw
+    for t, layer in enumerate(snf.layers):
+        if not isinstance(layer, MetropolisBlock):
+            assert torch.allclose(states[t + 1], layer(states[t]), atol=1e-6)
+
+
 def test_info_lists_block_statistics_in_layer_order():
     blocks = [MetropolisBlock(0.5, 2), LangevinBlock(0.05, 2, beta=0.5), HMCBlock(0.2, 1)]
     layers = [blocks[0], T.affine_coupling(D), blocks[1], blocks[2]]
