@@ -22,9 +22,12 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.5", "scipy>=1.10", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
+        # nbclient, ipykernel, ipywidgets: the tutorials are executed by the tests (ipywidgets keeps
+        # tqdm.auto, which Pyro imports, from warning in the notebooks)
+        "test": ["pytest>=7", "ruff>=0.5", "scipy>=1.10", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6",
+                 "ipywidgets>=8"],
         "benchmarks": ["scipy>=1.10", "normflows>=1.7"],
-        "docs": ["nbformat>=5", "nbclient>=0.7", "ipykernel>=6"],
+        "docs": ["nbformat>=5", "nbclient>=0.7", "ipykernel>=6", "ipywidgets>=8"],
     },
     entry_points={"console_scripts": ["pyro-snf=pyro_snf.__main__:main"]},
 )

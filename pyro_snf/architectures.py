@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import pyro.distributions as dist
 import torch
-from torch.distributions import Transform
+from torch.distributions import AffineTransform, Transform
 
 from pyro_snf.blocks import HMCBlock, LangevinBlock, MALABlock, MetropolisBlock, UnderdampedLangevinBlock
 from pyro_snf.blocks.base import StochasticBlock
@@ -61,7 +61,8 @@ def snf_layers(input_dim: int, *, num_flow_blocks: int = 3, num_couplings: int =
                hidden_dims: Sequence[int] = (64, 64), flow: str | None = "real_nvp",
                block: str | BlockFactory | None = "metropolis", block_kwargs: dict | None = None,
                betas: Sequence[float] | None = None, prior_block: bool = True,
-               final_block: bool = False, blocks_after_flows: bool = False) -> list[Transform]:
+               final_block: bool = False, blocks_after_flows: bool = False,
+               flow_scale: float | None = None) -> list[Transform]:
     """Layers ``[B(beta_0)] F_1 B(beta_1) F_2 ... F_K [B(1)]``, or with ``blocks_after_flows``
     ``[B(0)] F_1 B(beta_0) F_2 B(beta_1) ... F_K B(beta_K-1)``.
 
@@ -74,10 +75,24 @@ def snf_layers(input_dim: int, *, num_flow_blocks: int = 3, num_couplings: int =
     :param final_block: add a block at ``beta = 1`` after the last flow block (interleaved layout).
     :param blocks_after_flows: the released code's layout (see module doc); ``prior_block`` then adds
         a block at ``beta = 0`` before the first flow block.
+    :param flow_scale: the target's length scale, when far from 1: each flow block then acts on
+        ``x / flow_scale`` (a fixed ``AffineTransform`` before it and its inverse after it; their
+        log-determinants cancel), so that the coupling networks see inputs of order 1, while the
+        stochastic blocks still act in the target's own coordinates.
     """
     make_block = _factory(block, block_kwargs or {})
     if flow is not None and flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}; choose one of {sorted(FLOWS)} or None")
+    if flow_scale is not None and not flow_scale > 0:
+        raise ValueError(f"flow_scale must be a positive number, got {flow_scale}")
+
+    def flow_block() -> list[Transform]:
+        couplings = FLOWS[flow](input_dim, num_couplings, hidden_dims)
+        if flow_scale is None:
+            return couplings
+        down = AffineTransform(0.0, 1.0 / flow_scale, event_dim=1)
+        return [down, *couplings, AffineTransform(0.0, float(flow_scale), event_dim=1)]
+
     if betas is None:
         betas = torch.linspace(0.0, 1.0, num_flow_blocks).tolist() if num_flow_blocks > 1 else [1.0]
     if len(betas) != num_flow_blocks:
@@ -87,7 +102,7 @@ def snf_layers(input_dim: int, *, num_flow_blocks: int = 3, num_couplings: int =
             raise ValueError("blocks_after_flows needs both a flow and a block")
         layers = [make_block(0.0)] if prior_block else []
         for beta in betas:
-            layers.extend(FLOWS[flow](input_dim, num_couplings, hidden_dims))
+            layers.extend(flow_block())
             layers.append(make_block(float(beta)))
         return layers
     layers: list[Transform] = []
@@ -95,7 +110,7 @@ def snf_layers(input_dim: int, *, num_flow_blocks: int = 3, num_couplings: int =
         if make_block is not None and (i > 0 or prior_block):
             layers.append(make_block(float(beta)))
         if flow is not None:
-            layers.extend(FLOWS[flow](input_dim, num_couplings, hidden_dims))
+            layers.extend(flow_block())
     if make_block is not None and (final_block or flow is None):
         layers.append(make_block(1.0))
     return layers

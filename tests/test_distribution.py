@@ -22,6 +22,7 @@ from pyro_snf import (
     MetropolisBlock,
     StochasticNormalizingFlow,
 )
+from pyro_snf.architectures import snf_layers
 from pyro_snf.transforms import real_nvp_block, spline_coupling_block
 
 D = 3
@@ -105,6 +106,23 @@ def test_bijection_flow_backward_path_is_exact_nll(kind, dtype):
         for layer in layers:
             y = layer(y)
     assert torch.allclose(y, x, **tols(dtype))
+
+
+def test_flow_scale_conjugates_each_flow_block(dtype):
+    """``flow_scale=s`` with base N(0, s^2) is the unit-scale flow followed by ``x -> s x``."""
+    layers = snf_layers(D, num_flow_blocks=1, block=None, flow_scale=5.0, hidden_dims=(8,))
+    layers = [layer.to(dtype) if isinstance(layer, torch.nn.Module) else layer for layer in layers]
+    assert isinstance(layers[0], AffineTransform) and isinstance(layers[-1], AffineTransform)
+    scaled = StochasticNormalizingFlow(base_normal(dtype, scale=5.0), layers)
+    reference = StochasticNormalizingFlow(base_normal(dtype, scale=1.0),
+                                          layers[1:-1] + [AffineTransform(0.0, 5.0, event_dim=1)])
+    x = 5.0 * torch.randn(64, D, dtype=dtype)
+    assert torch.allclose(scaled.log_prob(x), reference.log_prob(x), **tols(dtype))
+    # blocks stay outside the rescaled flow blocks, in the target's coordinates
+    with_blocks = snf_layers(D, num_flow_blocks=2, block="metropolis", flow_scale=5.0, hidden_dims=(8,))
+    names = [type(layer).__name__ for layer in with_blocks]
+    assert names[0] == "MetropolisBlock" and names[1] == "AffineTransform"
+    assert names[names.index("MetropolisBlock", 1) - 1] == "AffineTransform"
 
 
 def test_bijection_flow_log_prob_integrates_to_one():

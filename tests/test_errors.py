@@ -211,6 +211,8 @@ def test_builder_errors():
         snf_layers(2, flow="maf")
     with pytest.raises(ValueError, match="one beta per flow block"):
         snf_layers(2, num_flow_blocks=3, betas=[0.0, 1.0])
+    with pytest.raises(ValueError, match="flow_scale must be a positive"):
+        snf_layers(2, flow_scale=0.0)
     with pytest.raises(ValueError, match="variant"):
         paper_double_well_snf(DoubleWell(), variant="big")
     with pytest.raises(ValueError, match="input_dim="):
