@@ -140,6 +140,15 @@ def test_to_inference_data_coords(result):
     assert list(idata.posterior["theta"].coords["schools"].values) == names
 
 
+def test_log_weight_histogram_shows_the_bulk_despite_a_far_outlier():
+    log_w = torch.randn(5000, generator=torch.Generator().manual_seed(0))
+    log_w[0] = -1500.0
+    ax = plot_weights(log_w).axes[1]
+    left = min(patch.get_x() for patch in ax.patches)
+    assert left > -20.0  # the 4999 standard-normal log-weights spread over the histogram
+    assert "not shown: 5" in "".join(t.get_text() for t in ax.texts)  # the 0.1% lowest, outlier included
+
+
 def test_plots_return_figures(result):
     fig = plot_weights(result)
     assert isinstance(fig, Figure) and len(fig.axes) == 2

@@ -64,12 +64,18 @@ def plot_weights(result: ImportanceResult | torch.Tensor, bins: int = 60,
     ax_w.set(xlabel="rank", ylabel="weight", title="sorted normalised weights")
     ax_w.legend(loc="lower left", fontsize="small")
     finite = log_w[torch.isfinite(log_w)].detach().cpu().double().numpy()
+    num_below = 0
     if finite.size:
-        ax_h.hist(finite - finite.max(), bins=bins, color="C1", alpha=0.8)
+        relative = finite - finite.max()
+        # the bulk (99.9% of the particles): one particle 1000 nats down must not squash the rest
+        shown = relative >= np.quantile(relative, 1e-3)
+        num_below = int((~shown).sum())
+        ax_h.hist(relative[shown], bins=bins, color="C1", alpha=0.8)
     ax_h.set(xlabel="log w - max log w", ylabel="count", title="log-weight histogram")
     text = (f"ESS = {float(iw.ess):.1f} ({100 * float(iw.ess_fraction):.1f}% of {n})\n"
             f"k-hat = {khat:.2f}: {khat_verdict(khat).split(':')[0]}\n"
-            f"zero weights: {iw.num_zero}")
+            f"zero weights: {iw.num_zero}"
+            + (f"\nlower log-weights not shown: {num_below}" if num_below else ""))
     ax_h.text(0.03, 0.97, text, transform=ax_h.transAxes, va="top", ha="left", fontsize="small",
               bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
     return fig
