@@ -46,7 +46,8 @@ def build(cfg: EnergyConfig, potential: CountingPotential, variant: str) -> Stoc
     """The SNF of ``cfg`` (``variant="snf"``), its flow alone (``"flow"``) or its blocks alone (``"ais"``)."""
     kwargs = dict(num_flow_blocks=cfg.num_flow_blocks, num_couplings=cfg.num_couplings,
                   hidden_dims=cfg.hidden_dims, block=cfg.block, block_kwargs=dict(cfg.block_kwargs),
-                  betas=cfg.betas, prior_block=cfg.prior_block, final_block=cfg.final_block)
+                  betas=cfg.betas, prior_block=cfg.prior_block, final_block=cfg.final_block,
+                  flow_scale=cfg.flow_scale)
     if variant == "flow":
         kwargs["block"] = None
     elif variant == "ais":
@@ -120,7 +121,8 @@ def run_pyro_snf(cfg: EnergyConfig, variant: str, data: Tensor | None, name: str
     potential = CountingPotential(cfg.make_target())
     result = RunResult(method=name or VARIANTS[variant], target=cfg.key)
     snf = build(cfg, potential, variant)
-    zero_init(snf)
+    if cfg.identity_init:
+        zero_init(snf)
     result.config = describe(snf)
     if variant == "ais":
         result.notes.append("not trained: AIS uses the blocks with their initial step sizes")

@@ -70,6 +70,22 @@ def _stochastic(cfg: EnergyConfig, interp: object, dim: int) -> list[nn.Module]:
     raise ValueError(f"no normflows equivalent of block {cfg.block!r}")
 
 
+if nf is not None:
+
+    class FixedScale(nf.flows.Flow):
+        """``z -> scale * z``, what ``snf_layers(flow_scale=)`` puts around each flow block."""
+
+        def __init__(self, scale: float, dim: int) -> None:
+            super().__init__()
+            self.scale, self.log_det = scale, dim * math.log(scale)
+
+        def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+            return self.scale * z, z.new_full(z.shape[:1], self.log_det)
+
+        def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+            return z / self.scale, z.new_full(z.shape[:1], -self.log_det)
+
+
 def build(cfg: EnergyConfig, potential: CountingPotential) -> nn.Module:
     """``normflows.NormalizingFlow`` with the layers of ``cfg``'s SNF."""
     dim = potential.dim
@@ -83,9 +99,13 @@ def build(cfg: EnergyConfig, potential: CountingPotential) -> nn.Module:
     for i, beta in enumerate(betas):
         if i > 0 or cfg.prior_block:
             flows += _stochastic(cfg, nf.distributions.LinearInterpolation(target, base, float(beta)), dim)
+        if cfg.flow_scale is not None:
+            flows.append(FixedScale(1.0 / cfg.flow_scale, dim))
         for _ in range(cfg.num_couplings):
-            net = nf.nets.MLP([half, *cfg.hidden_dims, 2 * (dim - half)], init_zeros=True)
+            net = nf.nets.MLP([half, *cfg.hidden_dims, 2 * (dim - half)], init_zeros=cfg.identity_init)
             flows += [nf.flows.AffineCouplingBlock(net), nf.flows.Permute(dim, mode="swap")]
+        if cfg.flow_scale is not None:
+            flows.append(FixedScale(cfg.flow_scale, dim))
     if cfg.final_block:
         flows += _stochastic(cfg, nf.distributions.LinearInterpolation(target, base, 1.0), dim)
     return nf.NormalizingFlow(base, flows, target)

@@ -58,7 +58,7 @@ def _energy_sections(suite: str, seed: int, out: Path, report: Path, log: Callab
         keys.append(cfg.key)
         target = cfg.make_target()
         seed_everything(seed + 1)
-        data = target.sample(100_000 if suite == "full" else 2_000) if cfg.protocol == "paper" else None
+        data = target.sample(100_000 if suite == "full" else 2_000) if cfg.uses_exact_samples else None
         results = []
         for method in ENERGY_METHODS:
             seed_everything(seed)
