@@ -47,6 +47,10 @@ class SNFLetters(ImageDensity):
     """The letters "SNF" (DejaVu Sans Bold rasterised by matplotlib to 18 x 50 pixels, 462 lit,
     shipped as ``targets/data/snf_letters.txt``), 8 units wide and 2.9 high, centred at 0.
 
+    Made once, offline: ``fig = plt.figure(figsize=(8, 3), dpi=10)``,
+    ``fig.text(0.5, 0.5, "SNF", ha="center", va="center", fontsize=170, fontweight="bold")``, the
+    red channel of the drawn canvas below 128 marks a lit pixel, cropped to the lit bounding box.
+
     Example::
 
         >>> target = SNFLetters()
