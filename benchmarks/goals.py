@@ -25,6 +25,29 @@ class Goal:
     target: str
     text: str
     check: Callable[[Metrics], tuple[str, bool | None]]
+    #: what limits it, from measurements outside this run; printed when the goal is missed
+    limits: str = ""
+
+
+LIMITS = {
+    "free_energy": "one training per method here; over 10 trainings (benchmarks/double_well_paper.py) "
+                   "the SNF scores 0.370 +- 0.043 kT and with learnable steps and beta 0.322 +- 0.044 kT, "
+                   "against a floor of 0.221 +- 0.019 kT that exact samples score at 100,000 samples per "
+                   "set: the barrier bins hold a handful of samples, so the variance term dominates.",
+    "gmm_ess": "the path weight carries the randomness of 50 Metropolis steps; the flow alone trained the "
+               "same way has a similar ESS, and ML on exact samples (tutorial 02) gave SNF 7% and flow 21%: "
+               "the coupling flow's own density mismatch between 40 modes limits it, not the blocks.",
+    "iaf_ess_rate": "an AutoSNF training step costs about 3 AutoIAFNormal steps and a sample about 5 (each "
+                    "block step calls the model's energy and force), while on these posteriors, close to "
+                    "Gaussian, the IAF guide reaches the same or a higher ESS per sample: the blocks do not "
+                    "pay for their cost here (they do on ionosphere and sonar).",
+    "normflows_ess_rate": "normflows' SNF of the same architecture reaches about the same ESS per sample "
+                          "(within 20%) with the same training budget and a similar wall time; twice its "
+                          "ESS/s would need a better model, not a faster engine.",
+    "step_time": "both libraries take 25-30 ms per step at this size (batch 256, d = 8), dominated by the "
+                 "per-layer autograd overhead they share; the ratio has come out on either side of 1 "
+                 "between runs on this shared machine.",
+}
 
 
 def _get(metrics: Metrics, target: str, method: str, key: str) -> float:
@@ -81,12 +104,13 @@ def goals(energy_targets: list[str], pyro_targets: list[str]) -> list[Goal]:
     dw, gmm, mw = "double_well", "gmm40", "many_well_8"
     if dw in energy_targets:
         out += [Goal(dw, "SNF reweighted free-energy error <= 0.30 kT",
-                     _at_most(dw, SNF, "target_metric", 0.30)),
+                     _at_most(dw, SNF, "target_metric", 0.30), LIMITS["free_energy"]),
                 Goal(dw, "SNF |log Z error| <= 0.02", _at_most(dw, SNF, "log_Z_error", 0.02))]
     if gmm in energy_targets:
         out += [Goal(gmm, "SNF covers 40/40 modes", _modes(gmm, SNF, True)),
                 Goal(gmm, "SNF |log Z error| <= 0.05", _at_most(gmm, SNF, "log_Z_error", 0.05)),
-                Goal(gmm, "SNF ESS fraction >= 0.3", _at_least(gmm, SNF, "ess_fraction", 0.3)),
+                Goal(gmm, "SNF ESS fraction >= 0.3", _at_least(gmm, SNF, "ess_fraction", 0.3),
+                     LIMITS["gmm_ess"]),
                 Goal(gmm, "the same flow without blocks collapses (< 40 modes)", _modes(gmm, FLOW, False))]
     if mw in energy_targets:
         out.append(Goal(mw, "SNF |log Z error| <= 0.05 within 10 minutes",
@@ -103,19 +127,25 @@ def goals(energy_targets: list[str], pyro_targets: list[str]) -> list[Goal]:
                          _at_most(key, AUTOSNF, "khat", 0.7, absolute=False, strict=True))]
     for key in pyro_targets:
         out.append(Goal(key, "AutoSNF ESS/s >= 2x Pyro AutoIAFNormal",
-                        _ratio(key, AUTOSNF, IAF, "ess_per_s", 2.0)))
+                        _ratio(key, AUTOSNF, IAF, "ess_per_s", 2.0), LIMITS["iaf_ess_rate"]))
     for key in energy_targets:
-        out.append(Goal(key, "SNF ESS/s >= 2x normflows SNF", _ratio(key, SNF, NORMFLOWS, "ess_per_s", 2.0)))
+        out.append(Goal(key, "SNF ESS/s >= 2x normflows SNF", _ratio(key, SNF, NORMFLOWS, "ess_per_s", 2.0),
+                        LIMITS["normflows_ess_rate"]))
         out.append(Goal(key, "SNF training step time <= normflows (same architecture)",
-                        _ratio(key, SNF, NORMFLOWS, "step_seconds_interleaved", 1.0, lower_is_better=True)))
+                        _ratio(key, SNF, NORMFLOWS, "step_seconds_interleaved", 1.0, lower_is_better=True),
+                        LIMITS["step_time"]))
     return out
 
 
-def goal_rows(metrics: Metrics, energy_targets: list[str], pyro_targets: list[str]) -> list[list[str]]:
-    """``[target, goal, achieved, verdict]`` rows."""
-    rows = []
+def goal_rows(metrics: Metrics, energy_targets: list[str],
+              pyro_targets: list[str]) -> tuple[list[list[str]], list[str]]:
+    """``[target, goal, achieved, verdict]`` rows, and one line per missed goal on what limits it."""
+    rows, limits = [], []
     for goal in goals(energy_targets, pyro_targets):
         achieved, ok = goal.check(metrics)
         verdict = "n/a (not run)" if ok is None else ("met" if ok else "**missed**")
         rows.append([goal.target, goal.text, achieved, verdict])
-    return rows
+        if ok is False:
+            limits.append(f"- {goal.target}, {goal.text} ({achieved}): "
+                          + (goal.limits or "not analysed yet."))
+    return rows, limits

@@ -193,7 +193,10 @@ def run_suite(suite: str, out: Path, report: Path, seed: int = 0, only: set[str]
     lines += ["## Goals", ""]
     if suite == "quick":
         lines += ["Quick suite: smoke-test budgets; the goals apply to the full suite.", ""]
-    lines += table(["target", "goal", "achieved", "verdict"], goal_rows(metrics, energy_keys, pyro_keys))
+    rows, limits = goal_rows(metrics, energy_keys, pyro_keys)
+    lines += table(["target", "goal", "achieved", "verdict"], rows)
+    if limits:
+        lines += ["", "What limits the missed goals:", "", *limits]
     lines += ["", "## Training step time: pyro_snf vs normflows, same architecture and batch", "",
               "Interleaved: median ms per step over alternating rounds of 10 steps (loss of the protocol's "
               "last stage), the fair comparison on a shared machine (benchmarks/step_time.py). "
