@@ -44,7 +44,7 @@ LIMITS = {
     "normflows_ess_rate": "normflows' SNF of the same architecture reaches about the same ESS per sample "
                           "(within 20%) with the same training budget and a similar wall time; twice its "
                           "ESS/s would need a better model, not a faster engine.",
-    "step_time": "both libraries take 25-30 ms per step at this size (batch 256, d = 8), dominated by the "
+    "step_time": "both libraries take 20-30 ms per step at this size (batch 256, d = 8), dominated by the "
                  "per-layer autograd overhead they share; the ratio has come out on either side of 1 "
                  "between runs on this shared machine.",
 }
