@@ -25,6 +25,8 @@ own samples (use Pyro's bijections, which are cached by default).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -67,6 +69,17 @@ class StochasticBlock(TransformModule):
         into ``[1e-3, 1 - 1e-3]`` so that the logit is finite).
     :param detach_forces: treat forces as constants in the backward pass (weights stay exact,
         the gradient drops the force terms and is biased; see :mod:`pyro_snf.energy`).
+    :param adapt_step_size: adapt ``step_size`` toward ``target_accept`` while training: after
+        every call made in training mode with gradients enabled (an SVI or optimiser step, not
+        :func:`~pyro_snf.infer.importance.importance_sample`, which runs under ``no_grad``),
+        ``log step_size += adapt_rate * (acceptance - target_accept)``. Each call runs with one
+        fixed kernel, so every weight stays exact; it replaces gradient learning of the step
+        (which can stall: a tiny step accepts everything and moves nothing), so it excludes
+        ``learn_step_size``. Call ``.eval()`` to freeze the step.
+    :param target_accept: acceptance rate to adapt toward (default: the class's
+        ``default_target_accept``: 0.234 random-walk Metropolis, 0.574 MALA, 0.651 HMC, the
+        asymptotically optimal rates).
+    :param adapt_rate: adaptation gain per call, in log step size (> 0).
     :param potential: target energy, only needed when the block is used as a plain transform.
     :param base_potential: base energy, likewise (only for ``beta != 1``).
     """
@@ -76,6 +89,8 @@ class StochasticBlock(TransformModule):
     codomain = constraints.real_vector
     sign = 1
     __repr__ = nn.Module.__repr__
+    #: acceptance rate that ``adapt_step_size`` aims for; None: the block always accepts.
+    default_target_accept: float | None = None
 
     def __init__(
         self,
@@ -86,6 +101,9 @@ class StochasticBlock(TransformModule):
         learn_step_size: bool = False,
         learn_beta: bool = False,
         detach_forces: bool = False,
+        adapt_step_size: bool = False,
+        target_accept: float | None = None,
+        adapt_rate: float = 0.1,
         potential: Potential | None = None,
         base_potential: Potential | None = None,
     ) -> None:
@@ -97,6 +115,9 @@ class StochasticBlock(TransformModule):
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must lie in [0, 1], got {beta}")
         self.num_steps = int(num_steps)
+        self.adapt_step_size = bool(adapt_step_size)
+        self.target_accept, self.adapt_rate = _adaptation(self, adapt_step_size, learn_step_size,
+                                                          target_accept, adapt_rate)
         self.detach_forces = detach_forces
         self.potential = potential
         self.base_potential = base_potential
@@ -109,6 +130,7 @@ class StochasticBlock(TransformModule):
         clipped = min(max(beta, 1e-3), 1.0 - 1e-3)
         self.beta_logit = nn.Parameter(torch.tensor(clipped).logit()) if learn_beta else None
         self.last_info: BlockInfo | None = None
+        self._adapt_now = False
         self._record: tuple[Tensor, Tensor, Tensor] | None = None
 
     # -- parameters -------------------------------------------------------------------------
@@ -134,6 +156,19 @@ class StochasticBlock(TransformModule):
             beta = beta.to(dtype=like.dtype, device=like.device)
         return AnnealedEnergy(potential, base_potential, beta, self.detach_forces)
 
+    @contextmanager
+    def adapting(self) -> Iterator[StochasticBlock]:
+        """Within this context every call adapts the step size (``adapt_step_size`` must be set),
+        also under ``torch.no_grad()``: a cheap tuning phase of forward passes only, like an MCMC
+        warmup (:meth:`pyro_snf.infer.AutoSNF.adapt_step_sizes` uses it)."""
+        if not self.adapt_step_size:
+            raise ValueError(f"{type(self).__name__} was built without adapt_step_size=True")
+        previous, self._adapt_now = self._adapt_now, True
+        try:
+            yield self
+        finally:
+            self._adapt_now = previous
+
     # -- the engine interface ----------------------------------------------------------------
     def transition(self, x: Tensor, energy: AnnealedEnergy) -> tuple[Tensor, Tensor, BlockInfo]:
         """Run ``num_steps`` steps from ``x``; return ``(y, dS, info)``. Implemented by subclasses."""
@@ -147,6 +182,10 @@ class StochasticBlock(TransformModule):
             raise ValueError(f"{type(self).__name__} expects inputs of shape (..., D), got a scalar")
         y, dS, info = self.transition(x, self.energy(potential, base_potential, x))
         self.last_info = info
+        if self.adapt_step_size and (self._adapt_now or (self.training and torch.is_grad_enabled())):
+            with torch.no_grad():  # in place on a buffer: no host sync, no graph
+                rate = info.acceptance_rate.to(self.log_step_size.dtype)
+                self.log_step_size.add_(self.adapt_rate * (rate - self.target_accept))
         return y, dS
 
     def backward_step(
@@ -207,6 +246,24 @@ class StochasticBlock(TransformModule):
         beta = self.beta
         beta = float(beta.detach()) if isinstance(beta, Tensor) else beta
         return f"step_size={float(self.step_size.detach()):.4g}, num_steps={self.num_steps}, beta={beta:.4g}"
+
+
+def _adaptation(block: StochasticBlock, adapt: bool, learn: bool, target: float | None,
+                rate: float) -> tuple[float | None, float]:
+    """Validate the step-size adaptation settings; return ``(target_accept, adapt_rate)``."""
+    name = type(block).__name__
+    target = block.default_target_accept if target is None else float(target)
+    if not adapt:
+        return target, float(rate)
+    if learn:
+        raise ValueError(f"{name}: adapt_step_size and learn_step_size both set the step size; choose one "
+                         "(adaptation toward target_accept is the robust default)")
+    if target is None:
+        raise ValueError(f"{name} accepts every move (no Metropolis test), so its step size cannot be "
+                         "adapted to an acceptance rate: set adapt_step_size=False, or learn_step_size=True")
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target_accept must lie in (0, 1), got {target}")
+    return target, _positive("adapt_rate", rate)
 
 
 def where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:

@@ -30,6 +30,8 @@ class HMCBlock(StochasticBlock):
         True
     """
 
+    default_target_accept = 0.651
+
     def __init__(self, step_size: float = 0.1, num_steps: int = 1, beta: float = 1.0, *,
                  num_leapfrog_steps: int = 5, **kwargs) -> None:
         super().__init__(step_size, num_steps, beta, **kwargs)

@@ -34,6 +34,8 @@ class MALABlock(StochasticBlock):
         True
     """
 
+    default_target_accept = 0.574
+
     def transition(self, x: Tensor, energy: AnnealedEnergy) -> tuple[Tensor, Tensor, BlockInfo]:
         eps = self.step_size_like(x)
         noise_scale = (2.0 * eps).sqrt()

@@ -32,6 +32,8 @@ class MetropolisBlock(StochasticBlock):
         (torch.Size([100, 2]), torch.Size([100]), True)
     """
 
+    default_target_accept = 0.234
+
     def transition(self, x: Tensor, energy: AnnealedEnergy) -> tuple[Tensor, Tensor, BlockInfo]:
         step = self.step_size_like(x)
         u = energy(x)
