@@ -118,8 +118,8 @@ def randomised_guide(block, **kw):
     """An untrained guide with arbitrary (random) flow weights, near but not at the posterior."""
     model, args, log_z, moments = linear_regression()
     mean, sd = moments["w"]
-    guide = AutoSNF(model, init_loc_fn=init_to_value(values={"w": mean + 0.3 * sd}), init_scale=0.2,
-                    block=block, num_blocks=2, num_steps=2, step_size=0.2, **kw)
+    guide = AutoSNF(model, flow="coupling", init_loc_fn=init_to_value(values={"w": mean + 0.3 * sd}),
+                    init_scale=0.2, block=block, num_blocks=2, num_steps=2, step_size=0.2, **kw)
     guide(*args)
     with torch.no_grad():
         for name, p in guide.chain.named_parameters():
@@ -135,6 +135,59 @@ def test_untrained_guide_is_unbiased(block):
     iw, _ = importance(model, guide, args, 20000)
     err, se = float(iw.log_evidence) - log_z, float(iw.log_evidence_stderr)
     assert se < 0.05 and abs(err) < 4 * se, (err, se)
+
+
+def test_stagewise_training_without_blocks_then_adapting_blocks():
+    """``without_blocks()`` gives the exact flow-only guide (blocks never run); with the blocks on,
+    SVI steps adapt their step sizes toward MALA's 0.574 acceptance and the weights stay exact."""
+    model, args, log_z, _ = linear_regression()
+    guide = AutoSNF(model, flow="none", num_blocks=2, num_steps=2, step_size=0.01)
+    with guide.without_blocks():
+        train(model, guide, args, steps=200)
+        iw_flow, _ = importance(model, guide, args, 20000)
+    assert all(info is None for info in guide.info)  # the blocks never ran
+    assert [float(b.step_size) for b in guide.blocks] == pytest.approx([0.01, 0.01])
+    err, se = float(iw_flow.log_evidence) - log_z, float(iw_flow.log_evidence_stderr)
+    assert se < 0.05 and abs(err) < 4 * se, (err, se)
+    rates = []
+    for _ in range(150):
+        train(model, guide, args, steps=1)
+        rates.append([float(info.acceptance_rate) for info in guide.info])
+    late = torch.tensor(rates[-50:]).mean(0)  # 50 steps x 8 particles x 2 moves per block
+    assert ((late - 0.574).abs() < 0.12).all(), late
+    assert all(float(b.step_size) > 0.1 for b in guide.blocks)
+    iw, _ = importance(model, guide, args, 20000)
+    err, se = float(iw.log_evidence) - log_z, float(iw.log_evidence_stderr)
+    assert se < 0.05 and abs(err) < 4 * se + 1e-3, (err, se)
+    with pytest.raises(RuntimeError, match="boom"), guide.without_blocks():
+        raise RuntimeError("boom")
+    assert guide._blocks_on  # restored after an error
+
+
+def test_adapt_step_sizes_tunes_the_blocks_without_training():
+    model, args, _, _ = linear_regression()
+    guide = AutoSNF(model, flow="none", num_blocks=2, num_steps=2, step_size=0.05)
+    with guide.without_blocks():
+        train(model, guide, args, steps=100)
+        with pytest.raises(RuntimeError, match="inside without_blocks"):
+            guide.adapt_step_sizes(*args)
+    params = {k: v.detach().clone() for k, v in guide.chain.named_parameters()}
+    steps = guide.adapt_step_sizes(*args, num_steps=200, num_particles=128)
+    assert all(s > 0.2 for s in steps)
+    assert all(abs(float(info.acceptance_rate) - 0.574) < 0.1 for info in guide.info), guide.info
+    assert all(torch.equal(v, params[k]) for k, v in guide.chain.named_parameters())  # no training
+    with pytest.raises(ValueError, match="no block of this guide adapts"):
+        AutoSNF(model, num_blocks=1, learn_step_size=True).adapt_step_sizes(*args)
+
+
+def test_step_size_learning_replaces_adaptation_when_asked():
+    model, args, _, _ = linear_regression()
+    learned = AutoSNF(model, flow="none", num_blocks=1, learn_step_size=True)
+    assert not learned.blocks[0].adapt_step_size
+    assert isinstance(learned.blocks[0].log_step_size, torch.nn.Parameter)
+    adapted = AutoSNF(model, flow="none", num_blocks=1)
+    assert adapted.blocks[0].adapt_step_size and adapted.blocks[0].target_accept == 0.574
+    assert not AutoSNF(model, block="langevin", num_blocks=1).blocks[0].adapt_step_size
 
 
 def test_get_posterior_weights_agree_with_pyro():
@@ -157,7 +210,8 @@ def test_all_elbos_agree_with_the_importance_weights():
     for elbo in (Trace_ELBO, TraceMeanField_ELBO):
         pyro.set_rng_seed(5)
         elbo = elbo(num_particles=64, vectorize_particles=True, max_plate_nesting=1)
-        losses.append(elbo.loss(model, guide, *args))
+        with torch.no_grad():  # an evaluation: the blocks' step sizes do not adapt
+            losses.append(elbo.loss(model, guide, *args))
     pyro.set_rng_seed(5)
     iw, _ = importance(model, guide, args, 64)
     losses.append(-float(iw.log_weights.mean()))
@@ -168,6 +222,7 @@ def test_plain_and_vectorised_particles_agree():
     model, args, _, _ = hierarchical()
     guide = AutoSNF(model, init_scale=0.5)
     guide(*args)
+    guide.eval()  # evaluations with gradients enabled: freeze the blocks' step-size adaptation
     plain = torch.tensor([Trace_ELBO().loss(model, guide, *args) for _ in range(120)], dtype=F64)
     iw, _ = importance(model, guide, args, 4000)
     vectorised = -iw.log_weights
