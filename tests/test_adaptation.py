@@ -64,6 +64,20 @@ def test_adaptation_is_frozen_without_gradients_and_in_eval_mode():
     assert not block.log_step_size.requires_grad
 
 
+def test_adapting_context_forces_adaptation_under_no_grad():
+    block = MetropolisBlock(0.01, 2, adapt_step_size=True)
+    x = torch.randn(64, 3)
+    with torch.no_grad(), block.adapting():
+        block.forward_step(x, gaussian)
+    assert float(block.step_size) > 0.01
+    before = float(block.step_size)
+    with torch.no_grad():  # the context is over: frozen again
+        block.forward_step(x, gaussian)
+    assert float(block.step_size) == before
+    with pytest.raises(ValueError, match="without adapt_step_size=True"), MALABlock(0.1).adapting():
+        pass
+
+
 def test_weights_drawn_while_adapting_are_exact():
     """Each call runs one fixed kernel; adaptation between calls cannot bias the weights."""
     torch.manual_seed(1)

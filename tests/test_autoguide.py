@@ -255,22 +255,29 @@ def test_predictive_weighed_predictive_and_psis():
     assert math.isfinite(k)
 
 
-def test_param_store_round_trip(tmp_path):
+@pytest.mark.parametrize("options", [dict(init_scale=0.5, block="underdamped", learn_beta=True),
+                                     dict(init_scale=0.5, flow="coupling")])  # MALA, adapted steps
+def test_param_store_round_trip(tmp_path, options):
     model, args, _, _ = hierarchical()
-    options = dict(init_scale=0.5, block="underdamped", learn_beta=True)
     guide = AutoSNF(model, **options)
     train(model, guide, args, steps=3)
     pyro.get_param_store().save(tmp_path / "params.pt")
     pyro.set_rng_seed(7)
-    expected = guide(*args)
+    with torch.no_grad():  # sampling calls: adapted step sizes stay as saved
+        expected = guide(*args)
     pyro.clear_param_store()
     restored = AutoSNF(model, **options)
     pyro.get_param_store().load(tmp_path / "params.pt")
-    restored(*args)  # set-up (draws from the prior for init_loc_fn), then the loaded parameters
-    pyro.set_rng_seed(7)
-    actual = restored(*args)
+    with torch.no_grad():
+        restored(*args)  # set-up (draws from the prior for init_loc_fn), then the loaded parameters
+        pyro.set_rng_seed(7)
+        actual = restored(*args)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name])
+    steps = [float(b.step_size) for b in guide.blocks]
+    assert [float(b.step_size) for b in restored.blocks] == steps
+    if restored.blocks[0].adapt_step_size:
+        assert steps[0] != 0.5  # adapted during the 3 steps, and restored from the param store
 
 
 def test_no_grad_sampling_and_helpers():

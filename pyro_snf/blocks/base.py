@@ -134,13 +134,17 @@ class StochasticBlock(TransformModule):
         self._record: tuple[Tensor, Tensor, Tensor] | None = None
 
     # -- parameters -------------------------------------------------------------------------
+    def _log_step(self) -> Tensor:
+        # an adapted step size is a constant for autograd (AutoSNF keeps it in Pyro's param store)
+        return self.log_step_size.detach() if self.adapt_step_size else self.log_step_size
+
     def step_size_like(self, x: Tensor) -> Tensor:
         """The step size as a 0-d tensor on ``x``'s device and dtype."""
-        return self.log_step_size.to(dtype=x.dtype, device=x.device).exp()
+        return self._log_step().to(dtype=x.dtype, device=x.device).exp()
 
     @property
     def step_size(self) -> Tensor:
-        return self.log_step_size.exp()
+        return self._log_step().exp()
 
     @property
     def beta(self) -> float | Tensor:

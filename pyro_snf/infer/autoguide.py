@@ -282,7 +282,14 @@ class AutoSNF(AutoContinuous):
                     f"parameter has shape {tuple(p.shape)} (another guide of the same name, or a different "
                     "model?). Call pyro.clear_param_store() or give the guide its own name"
                 )
-        return pyro.module(prefix, chain, update_module_params=True)
+        module = pyro.module(prefix, chain, update_module_params=True)
+        for k, block in enumerate(self._blocks):
+            if block.adapt_step_size:  # adapted step sizes travel with the param store (save / load)
+                name = param_with_module_name(prefix, f"adapted_log_step_size.{k}")
+                stored = pyro.param(name, block.log_step_size)
+                if stored is not block.log_step_size:
+                    block.log_step_size = stored
+        return module
 
     # -- parts -----------------------------------------------------------------------------------
     @property
