@@ -27,12 +27,13 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from pyro.distributions import TorchDistribution
 from torch import Tensor, nn
-from torch.distributions import constraints
+from torch.distributions import Independent, Normal, constraints
 
 from pyro_snf.blocks.base import BlockInfo, StochasticBlock
 from pyro_snf.energy import Potential, check_energy
@@ -40,6 +41,22 @@ from pyro_snf.path import Layer, backward_path, check_layers, forward_path
 from pyro_snf.weights import ImportanceWeights, sanitize_log_weights
 
 _ATTR = "_pyro_snf_path"
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def base_energy(base_dist: TorchDistribution, y: Tensor) -> Tensor:
+    """``-base_dist.log_prob(y)``, ``+inf`` (never NaN, never a validation error) where ``y`` is not
+    finite. A diagonal Normal base (``Normal(...).to_event(1)``) is evaluated in closed form,
+    skipping the distribution's argument validation: blocks call this at every step."""
+    inner = base_dist.base_dist if isinstance(base_dist, Independent) else None
+    if (isinstance(inner, Normal) and base_dist.reinterpreted_batch_ndims == 1
+            and inner.loc.shape[-1:] == base_dist.event_shape):
+        loc, scale = inner.loc, inner.scale
+        u = 0.5 * ((y - loc) / scale).pow(2).sum(-1) + (scale.log().sum(-1) + y.shape[-1] * _HALF_LOG_2PI)
+        return torch.where(u == u, u, torch.full_like(u, float("inf")))  # NaN (diverged y) -> +inf
+    ok = torch.isfinite(y).all(-1)
+    u = -base_dist.log_prob(torch.where(ok.unsqueeze(-1), y, torch.zeros_like(y)))
+    return torch.where(ok, u, torch.full_like(u, float("inf")))
 
 
 class StochasticNormalizingFlow(TorchDistribution):
@@ -105,9 +122,7 @@ class StochasticNormalizingFlow(TorchDistribution):
         ``+inf`` at non-finite points (a diverged proposal), which blocks then reject, instead of
         the base distribution's validation error.
         """
-        ok = torch.isfinite(y).all(-1)
-        u = -self.base_dist.log_prob(torch.where(ok.unsqueeze(-1), y, torch.zeros_like(y)))
-        return torch.where(ok, u, torch.full_like(u, float("inf")))
+        return base_energy(self.base_dist, y)
 
     def _target(self, y: Tensor) -> Tensor:
         return check_energy(self.potential(y), y)

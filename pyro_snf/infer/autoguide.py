@@ -77,7 +77,7 @@ from torch import Tensor, nn
 from torch.distributions import Transform, biject_to, constraints
 
 from pyro_snf import blocks as B
-from pyro_snf.distribution import StochasticNormalizingFlow
+from pyro_snf.distribution import StochasticNormalizingFlow, base_energy
 from pyro_snf.energy import Potential
 from pyro_snf.infer import potential as P
 from pyro_snf.path import forward_path
@@ -397,7 +397,7 @@ class AutoSNF(AutoContinuous):
         self._chain()
         base = self.get_base_dist()
         w0 = pyro.sample(f"_{self._pyro_name}_base", base, infer={"is_auxiliary": True})
-        x, sum_dS = forward_path(self._active_layers(), w0, potential, lambda w: -base.log_prob(w))
+        x, sum_dS = forward_path(self._active_layers(), w0, potential, lambda w: base_energy(base, w))
         log_det = potential.log_abs_det_constrain(x)
         if am_i_wrapped():  # outside any handler nobody records it (and Pyro would warn)
             pyro.factor(f"_{self._pyro_name}_path", -(sum_dS + log_det), has_rsample=True)
