@@ -91,27 +91,43 @@ def fit(snf: StochasticNormalizingFlow, *, num_steps: int = 1000, batch_size: in
     optimizer = optimizer or torch.optim.Adam(params, lr=lr)
     history = history or TrainHistory()
     nan = torch.tensor(float("nan"))
+    pending: list[Tensor] = []  # per-step (loss, kl, ml, bad), read back in bulk: no sync per value
+
+    def flush() -> None:
+        if pending:
+            rows = torch.stack(pending).tolist()
+            pending.clear()
+            for loss_, kl_, ml_, bad_ in rows:
+                history.loss.append(loss_)
+                history.kl.append(kl_)
+                history.ml.append(ml_)
+                history.num_nonfinite_particles += int(bad_)
+
     bar = tqdm(range(num_steps), disable=not progress, desc="fit", mininterval=1.0)
-    for step in bar:
-        optimizer.zero_grad(set_to_none=True)
-        loss, kl, ml, bad = 0.0, nan, nan, 0
-        if kl_weight > 0:
-            kl, bad_kl = kl_loss(snf, batch_size)
-            loss, bad = loss + kl_weight * kl, bad + bad_kl
-        if ml_weight > 0:
-            idx = torch.randint(data.shape[0], (batch_size,), device=data.device)
-            ml, bad_ml = ml_loss(snf, data[idx])
-            loss, bad = loss + ml_weight * ml, bad + bad_ml
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm or float("inf"))
-        if torch.isfinite(norm) and torch.isfinite(loss):
-            optimizer.step()
-        else:
-            history.num_skipped_steps += 1
-        history.loss.append(float(loss.detach()))
-        history.kl.append(float(kl.detach()))
-        history.ml.append(float(ml.detach()))
-        history.num_nonfinite_particles += int(bad)
-        if progress and step % 10 == 0:
-            bar.set_postfix(loss=f"{history.loss[-1]:.3f}")
+    try:
+        for step in bar:
+            optimizer.zero_grad(set_to_none=True)
+            loss, kl, ml, bad = 0.0, nan, nan, 0
+            if kl_weight > 0:
+                kl, bad_kl = kl_loss(snf, batch_size)
+                loss, bad = loss + kl_weight * kl, bad + bad_kl
+            if ml_weight > 0:
+                idx = torch.randint(data.shape[0], (batch_size,), device=data.device)
+                ml, bad_ml = ml_loss(snf, data[idx])
+                loss, bad = loss + ml_weight * ml, bad + bad_ml
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm or float("inf"))
+            if torch.isfinite(norm) and torch.isfinite(loss):  # the one host sync of a step
+                optimizer.step()
+            else:
+                history.num_skipped_steps += 1
+            pending.append(torch.stack([torch.as_tensor(v, dtype=torch.float64, device=loss.device).detach()
+                                        for v in (loss, kl, ml, bad)]))
+            if progress and step % 10 == 0:
+                flush()
+                bar.set_postfix(loss=f"{history.loss[-1]:.3f}")
+            elif len(pending) >= 100:
+                flush()
+    finally:
+        flush()
     return history

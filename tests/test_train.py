@@ -142,3 +142,17 @@ def test_fit_counts_nonfinite_particles_and_keeps_training():
     with pytest.warns(RuntimeWarning):
         _, iw = snf.importance_weights(500)
     assert isinstance(iw, ImportanceWeights) and iw.num_zero > 0
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_history_is_complete_across_bulk_readbacks(progress, capsys):
+    """The per-step values are read back from the device in bulk (every 100 steps, at progress-bar
+    updates and at the end): nothing is lost or duplicated, in order."""
+    flow = StochasticNormalizingFlow(dist.Normal(torch.zeros(2), 1.0).to_event(1), [T.affine_coupling(2)],
+                                     lambda x: 0.5 * (x - 1.0).pow(2).sum(-1))
+    history = fit(flow, num_steps=230, batch_size=8, kl_weight=1.0, progress=progress)
+    assert len(history.loss) == len(history.kl) == len(history.ml) == 230
+    assert history.loss == history.kl and all(math.isnan(v) for v in history.ml)
+    assert history.num_nonfinite_particles == 0 and history.num_skipped_steps == 0
+    more = fit(flow, num_steps=7, batch_size=8, kl_weight=1.0, progress=False, history=history)
+    assert more is history and len(history.loss) == 237
