@@ -284,9 +284,10 @@ class AutoSNF(AutoContinuous):
                 )
         module = pyro.module(prefix, chain, update_module_params=True)
         for k, block in enumerate(self._blocks):
-            if block.adapt_step_size:  # adapted step sizes travel with the param store (save / load)
+            if block.adapt_step_size:  # adapted step sizes travel with the param store (save / load),
+                # stored directly, not through pyro.param: no trace site, so SVI's optimiser never sees them
                 name = param_with_module_name(prefix, f"adapted_log_step_size.{k}")
-                stored = pyro.param(name, block.log_step_size)
+                stored = store.setdefault(name, block.log_step_size)
                 if stored is not block.log_step_size:
                     block.log_step_size = stored
         return module
