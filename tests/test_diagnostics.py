@@ -1,5 +1,6 @@
 """PSIS k-hat, the ArviZ adapter (installed version, plus the 1.x branch with stand-ins) and plots."""
 
+import dataclasses
 import io
 import math
 import sys
@@ -15,7 +16,7 @@ from matplotlib.figure import Figure
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 
-from pyro_snf.diagnostics import arviz_compat, plot_marginals, plot_weights
+from pyro_snf.diagnostics import WeightedDraws, arviz_compat, plot_marginals, plot_weights
 from pyro_snf.diagnostics.arviz_compat import from_dict, khat_verdict, psis_khat
 from pyro_snf.infer.importance import importance_sample
 
@@ -162,3 +163,31 @@ def test_plots_return_figures(result):
     assert isinstance(result.plot_weights(), Figure) and isinstance(result.plot_marginals(), Figure)
     with pytest.raises(KeyError, match="nope"):
         plot_marginals(result, sites=["nope"])
+
+
+@dataclasses.dataclass
+class PlainDraws:
+    """Weighted draws that are not an ImportanceResult: only the attributes the plots read."""
+
+    log_weights: torch.Tensor
+    samples: dict
+    khat: float = math.nan
+
+
+def test_plots_take_any_weighted_draws(result):
+    plain = PlainDraws(result.log_weights, dict(result.samples), result.khat)
+    assert isinstance(plain, WeightedDraws) and isinstance(result, WeightedDraws)
+    assert not isinstance(torch.zeros(3), WeightedDraws)
+    texts = [" ".join(t.get_text() for t in plot_weights(r).axes[1].texts) for r in (plain, result)]
+    assert texts[0] == texts[1] and "k-hat" in texts[0]
+    shapes = []
+    for r in (plain, result):  # the same resampled draws from the same seed
+        pyro.set_rng_seed(7)
+        fig = plot_marginals(r, sites=["mu", "theta"], max_components=2)
+        shapes.append([[p.get_verts().tolist() for p in ax.patches] for ax in fig.axes])
+    assert shapes[0] == shapes[1]
+    rng = torch.Generator().manual_seed(0)
+    toy = PlainDraws(torch.randn(300, generator=rng), {"x": torch.randn(300, 2, generator=rng)})
+    fig = plot_marginals(toy, reference={"x": np.zeros((10, 2))})
+    assert isinstance(fig, Figure) and [ax.get_title() for ax in fig.axes] == ["x[0]", "x[1]"]
+    assert "not computed" in "".join(t.get_text() for t in plot_weights(toy).axes[1].texts)

@@ -18,6 +18,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 
 from pyro_snf.blocks import MetropolisBlock
+from pyro_snf.diagnostics.arviz_compat import MIN_PSIS_SAMPLES
 from pyro_snf.infer.importance import importance_sample
 from pyro_snf.path import forward_path
 
@@ -346,3 +347,49 @@ def test_autosnf_guide():
         res = importance_sample(schools_model, guide, Y8, num_samples=10_000)
     check_evidence(res, exact, nats=0.05)
     assert res.khat < 0.7 and res.samples["theta"].shape == (10_000, 8)
+
+
+def test_khat_nan_below_the_psis_minimum_is_explained():
+    y = nn_data()
+    with pytest.warns(UserWarning) as record:
+        res = importance_sample(nn_model, nn_guide(y), y, num_samples=10)
+    assert math.isnan(res.khat) and math.isfinite(res.log_evidence)
+    messages = [str(w.message) for w in record if "k-hat" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert f"k-hat is NaN: num_samples = 10 < {MIN_PSIS_SAMPLES}" in messages[0]
+    assert f"at least {MIN_PSIS_SAMPLES} samples" in messages[0]
+    pyro.clear_param_store()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        importance_sample(nn_model, nn_guide(y), y, num_samples=10, warn=False)
+        assert math.isfinite(importance_sample(nn_model, nn_guide(y), y, num_samples=MIN_PSIS_SAMPLES).khat)
+
+
+def test_a_plate_holding_only_plates_takes_its_dim():
+    """The particle plate goes left of a plate whose only content is another plate (its dim is taken
+    all the same): the weights are those of the model without the empty plates."""
+    y = nn_data()
+
+    def model(y):
+        nn_model(y)
+        with pyro.plate("outer", 2, dim=-2), pyro.plate("inner", 3):
+            pass
+
+    pyro.set_rng_seed(3)
+    res = importance_sample(model, nn_guide(y), y, num_samples=300, batch_size=100)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(3)
+    ref = importance_sample(nn_model, nn_guide(y), y, num_samples=300, batch_size=100)
+    assert torch.equal(res.log_weights, ref.log_weights) and torch.equal(res.samples["mu"], ref.samples["mu"])
+
+
+def test_batch_dims_left_of_the_particle_dim_are_summed():
+    """No plate and observations of shape (n, 1): the data dim lands left of the particle dim (-1)."""
+    y = nn_data()
+
+    def column_model(y):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=y.dtype), S0))
+        pyro.sample("y", dist.Normal(mu, S), obs=y[:, None])
+
+    res = importance_sample(column_model, nn_guide(y), y, num_samples=500)
+    assert torch.allclose(res.log_model, nn_log_joint(res.samples["mu"].double(), y), atol=1e-6, rtol=0)

@@ -1,4 +1,5 @@
-"""The vectorised Pyro-model potential against Pyro's own per-particle log densities."""
+"""The vectorised Pyro-model potential against Pyro's own per-particle log densities, and the
+Pyro-trace helpers it shares with importance_sample (pyro_snf.infer.tracing)."""
 
 import math
 
@@ -10,11 +11,13 @@ from pyro import poutine
 from pyro.infer.mcmc.util import initialize_model
 from torch.distributions import biject_to
 
+from pyro_snf.infer import potential, tracing
 from pyro_snf.infer.potential import (
     ModelPotential,
     check_model_trace,
     trace_model,
 )
+from pyro_snf.infer.tracing import check_no_subsampling, max_plate_nesting, per_particle_sum
 
 
 def constrained_model(y):
@@ -183,3 +186,66 @@ def test_model_errors():
         ModelPotential.from_model(subsampled)
     with pytest.raises(ValueError, match="no latent sample sites"):
         check_model_trace(trace_model(nothing_latent))
+
+
+# -- the shared trace helpers: one implementation, each caller's rule ----------------------------
+def test_potential_still_exports_the_moved_helpers():
+    for name in ("trace_model", "max_plate_nesting", "particle_dim"):
+        assert getattr(potential, name) is getattr(tracing, name)
+
+
+def test_max_plate_nesting_rules():
+    def model():
+        pyro.sample("a", dist.Normal(torch.zeros(2, 1, 1), 1.0))  # batch rank 3, no plate
+        with pyro.plate("data", 4):
+            pyro.sample("b", dist.Normal(0.0, 1.0))
+        with pyro.plate("outer", 2, dim=-2), pyro.plate("inner", 3):  # only a plate in it
+            pass
+
+    tr = trace_model(model)
+    assert max_plate_nesting(tr) == 3  # ModelPotential / AutoSNF: batch ranks count
+    assert max_plate_nesting(tr, batch_ranks=False) == 1
+    assert max_plate_nesting(tr, batch_ranks=False, plate_sites=True) == 2  # importance_sample
+
+
+def test_per_particle_sum():
+    t = torch.arange(24.0).reshape(2, 4, 3)  # dims: left, particles (-2), plate
+    torch.testing.assert_close(per_particle_sum(t[0], 4, -2), t[0].sum(-1))
+    torch.testing.assert_close(per_particle_sum(t, 4, -2, sum_left=True), t.sum((0, 2)))
+    torch.testing.assert_close(per_particle_sum(t[:, :1], 4, -2, sum_left=True), t[:, 0].sum().expand(4))
+    torch.testing.assert_close(per_particle_sum(torch.tensor(2.0), 4, -3), torch.full((4,), 2.0))
+    torch.testing.assert_close(per_particle_sum(t[0, :, 0], 4, -1), t[0, :, 0])
+    assert per_particle_sum(torch.zeros(4, 0), 4, -2).shape == (4,)  # an empty plate adds nothing
+    with pytest.raises(ValueError, match="site 'x' has log_prob of shape.*does not broadcast"):
+        per_particle_sum(t, 4, -2, "x")
+    with pytest.raises(ValueError, match="site 'x': its log-density has 3 entries along the particle dim -1"):
+        per_particle_sum(torch.zeros(3), 4, -1, "x")
+
+
+def test_subsampling_rules():
+    """importance_sample refuses any subsampled plate (its own subsample site), as a ValueError;
+    ModelPotential refuses sites inside one, as a NotImplementedError naming the site."""
+    def empty_plate():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.plate("data", 100, subsample_size=10)
+
+    def site_inside():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 100, subsample_size=10):
+            pyro.sample("y", dist.Normal(0.0, 1.0), obs=torch.zeros(10))
+
+    def sequential():  # a sequential plate that also subsamples: the first frame check reports it
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+        for i in pyro.plate("data", 100, subsample_size=2):
+            pyro.sample(f"y_{i}", dist.Normal(0.0, 1.0), obs=torch.tensor(0.0))
+
+    with pytest.raises(ValueError, match="plate 'data' in the model subsamples 10 of 100 elements"):
+        check_no_subsampling(trace_model(empty_plate), "model")
+    check_model_trace(trace_model(empty_plate))  # nothing inside the plate is scaled
+    with pytest.raises(ValueError, match="plate 'data' in the guide subsamples 10 of 100"):
+        check_no_subsampling(trace_model(site_inside), "guide")
+    with pytest.raises(NotImplementedError, match=r"site 'y' is in the subsampled plate 'data' \(size 10 of"):
+        check_model_trace(trace_model(site_inside), who="AutoSNF")
+    with pytest.raises(NotImplementedError, match="site 'y_[0-9]+' is in a sequential plate 'data'; AutoSNF"):
+        check_model_trace(trace_model(sequential), who="AutoSNF")
+    check_no_subsampling(trace_model(nested_model, (torch.zeros(2, 3),)), "model")

@@ -40,7 +40,7 @@ import numpy as np
 #: Below this many particles the Pareto tail cannot be fitted; :func:`psis_khat` returns NaN.
 MIN_PSIS_SAMPLES = 50
 
-#: k-hat above this triggers a warning in :func:`pyro_snf.infer.importance.importance_sample`.
+#: k-hat above this: importance-sampling estimates are unreliable (``importance_sample`` warns).
 KHAT_THRESHOLD = 0.7
 
 

@@ -11,6 +11,10 @@ or display them in a notebook.
 - :func:`plot_marginals`: per latent component, the self-normalised weighted histogram, the
   histogram of resampled draws and, optionally, reference draws (e.g. from MCMC).
 
+Both take any object with the attributes of :class:`WeightedDraws` (``log_weights``, ``samples``,
+``khat``), such as the result of ``importance_sample``; :func:`plot_weights` also takes a tensor of
+log-weights.
+
 Example::
 
     >>> import torch
@@ -23,10 +27,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from pyro_snf.diagnostics.arviz_compat import khat_verdict, psis_khat
 from pyro_snf.weights import ImportanceWeights, sanitize_log_weights
@@ -34,14 +39,29 @@ from pyro_snf.weights import ImportanceWeights, sanitize_log_weights
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from pyro_snf.infer.result import ImportanceResult
+
+@runtime_checkable
+class WeightedDraws(Protocol):
+    """What the plots read from weighted draws (importance-sampling results have these attributes)."""
+
+    @property
+    def log_weights(self) -> Tensor:
+        """Sanitised log-weights, shape ``(n,)`` (``-inf`` = zero weight, no NaN or ``+inf``)."""
+
+    @property
+    def samples(self) -> Mapping[str, Tensor]:
+        """Site name -> draws ``(n, *site_shape)``, one per weight."""
+
+    @property
+    def khat(self) -> float:
+        """PSIS k-hat of the weights (``nan`` if not computed)."""
 
 
-def plot_weights(result: ImportanceResult | torch.Tensor, bins: int = 60,
+def plot_weights(result: WeightedDraws | Tensor, bins: int = 60,
                  figsize: tuple[float, float] = (10.0, 3.6)) -> Figure:
     """Sorted normalised weights and a log-weight histogram, annotated with ESS and k-hat.
 
-    :param result: an ``ImportanceResult`` or a 1-d tensor of raw log-weights.
+    :param result: weighted draws (see :class:`WeightedDraws`) or a 1-d tensor of raw log-weights.
     """
     from matplotlib.figure import Figure
 
@@ -81,7 +101,7 @@ def plot_weights(result: ImportanceResult | torch.Tensor, bins: int = 60,
     return fig
 
 
-def plot_marginals(result: ImportanceResult, sites: list[str] | None = None,
+def plot_marginals(result: WeightedDraws, sites: list[str] | None = None,
                    reference: Mapping[str, Any] | None = None, num_draws: int | None = None,
                    max_components: int = 4, bins: int = 40, ncols: int = 4,
                    panel_size: tuple[float, float] = (3.0, 2.4)) -> Figure:
@@ -97,11 +117,14 @@ def plot_marginals(result: ImportanceResult, sites: list[str] | None = None,
     missing = [s for s in names if s not in result.samples]
     if missing:
         raise KeyError(f"no such site(s) {missing}; available: {list(result.samples)}")
-    w = result.normalized_weights.detach().cpu().double().numpy()
-    drawn = result.resample(num_draws)
+    iw = ImportanceWeights(result.log_weights)
+    w = iw.normalized_weights.detach().cpu().double().numpy()
+    idx = iw.resample(num_draws)  # systematic, then shuffled: the draws and RNG use of result.resample
+    idx = idx[torch.randperm(idx.numel(), device=idx.device)]
+    drawn = {name: value[idx.to(value.device)] for name, value in result.samples.items()}
     panels = []
     for name in names:
-        x = _as_2d(result.samples[name], result.num_samples)
+        x = _as_2d(result.samples[name], iw.num_samples)
         r = _as_2d(drawn[name], None)
         ref = _as_2d(reference[name], None) if reference is not None and name in reference else None
         for k in range(min(x.shape[1], max_components)):

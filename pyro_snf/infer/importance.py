@@ -59,8 +59,10 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from pyro_snf.diagnostics.arviz_compat import KHAT_THRESHOLD, khat_verdict, psis_khat
+from pyro_snf.diagnostics.arviz_compat import KHAT_THRESHOLD, MIN_PSIS_SAMPLES, khat_verdict, psis_khat
 from pyro_snf.infer.result import ImportanceResult, SiteInfo
+from pyro_snf.infer.tracing import check_no_subsampling, per_particle_sum, sample_sites
+from pyro_snf.infer.tracing import max_plate_nesting as plate_nesting  # the argument has that name
 from pyro_snf.weights import sanitize_log_weights
 
 __all__ = ["importance_sample", "ImportanceResult"]
@@ -92,7 +94,8 @@ def importance_sample(
     :param max_plate_nesting: the model's plate nesting; inferred from a probe run if omitted.
     :param no_grad: run guide and model under ``torch.no_grad()`` (guides that need forces enable
         grad themselves).
-    :param warn: warn about zero-weight particles, prior-drawn sites and k-hat > 0.7.
+    :param warn: warn about zero-weight particles, prior-drawn sites, k-hat > 0.7, and k-hat not
+        computed (``nan``: fewer than :data:`~pyro_snf.diagnostics.arviz_compat.MIN_PSIS_SAMPLES` samples).
     :returns: an :class:`~pyro_snf.infer.result.ImportanceResult`.
     :raises ValueError: for ``num_samples <= 0``, ``batch_size <= 0``, a subsampling plate or a
         point-mass guide (``AutoDelta``).
@@ -107,7 +110,7 @@ def importance_sample(
     with grad_ctx():
         guide_tr, model_tr = _run(model, guide, args, kwargs, None, 0)
     _check_guide_has_density(guide_tr)
-    nesting = _plate_nesting(guide_tr, model_tr)
+    nesting = plate_nesting(guide_tr, model_tr, batch_ranks=False, plate_sites=True)
     if max_plate_nesting is not None:
         nesting = max(nesting, int(max_plate_nesting))
     sites = _site_infos(guide_tr, model_tr)
@@ -121,7 +124,7 @@ def importance_sample(
         )
     if batch_size is None:
         per_particle = sum(
-            site["value"].numel() * 2 for tr in (guide_tr, model_tr) for site in _sample_sites(tr)
+            site["value"].numel() * 2 for tr in (guide_tr, model_tr) for site in sample_sites(tr)
         )
         batch_size = max(1, min(num_samples, DEFAULT_ELEMENT_BUDGET // max(per_particle, 1)))
 
@@ -145,6 +148,14 @@ def importance_sample(
             f"PSIS k-hat = {khat:.2f} > {KHAT_THRESHOLD}: {khat_verdict(khat)}. The guide misses or "
             "under-covers posterior mass (too narrow, wrong mode); the log evidence and posterior "
             "estimates from these weights are not trustworthy",
+            UserWarning,
+            stacklevel=2,
+        )
+    if warn and math.isnan(khat) and num_samples < MIN_PSIS_SAMPLES:
+        warnings.warn(
+            f"PSIS k-hat is NaN: num_samples = {num_samples} < {MIN_PSIS_SAMPLES}, the minimum PSIS needs "
+            f"to fit the tail of the weights. Draw at least {MIN_PSIS_SAMPLES} samples to check the "
+            "weights (and the log evidence) with k-hat",
             UserWarning,
             stacklevel=2,
         )
@@ -173,9 +184,9 @@ def _run(
     if batch is not None:
         model, guide = _vectorize(model, batch, nesting), _vectorize(guide, batch, nesting)
     guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
-    _check_no_subsampling(guide_tr, "guide")
+    check_no_subsampling(guide_tr, "guide")
     model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
-    _check_no_subsampling(model_tr, "model")
+    check_no_subsampling(model_tr, "model")
     return guide_tr, model_tr
 
 
@@ -187,26 +198,9 @@ def _vectorize(fn: Callable[..., Any], batch: int, nesting: int) -> Callable[...
     return wrapped
 
 
-def _sample_sites(tr: Trace) -> list[dict]:
-    return [s for s in tr.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
-
-
-def _check_no_subsampling(tr: Trace, who: str) -> None:
-    for site in tr.nodes.values():
-        if site["type"] != "sample" or not site_is_subsample(site):
-            continue
-        size, used = site["fn"].size, site["value"].numel()
-        if used != size:
-            raise ValueError(
-                f"plate {site['name']!r} in the {who} subsamples {used} of {size} elements. Importance "
-                "weights need the full log-likelihood (a rescaled minibatch estimate inside exp() gives "
-                "biased, noisy weights): use the plate without subsample_size / subsample"
-            )
-
-
 def _check_guide_has_density(guide_tr: Trace) -> None:
     """Refuse point-mass guides (AutoDelta): their log q is 0 and the weights are meaningless."""
-    sites = _sample_sites(guide_tr)
+    sites = sample_sites(guide_tr)
     latent = [s for s in sites if not s["is_observed"] and not s["infer"].get("is_auxiliary", False)]
     if len(latent) < len(sites) or not latent:  # auxiliary or factor sites carry the density
         return
@@ -224,24 +218,11 @@ def _unwrap(fn: Any) -> Any:
     return fn
 
 
-def _plate_nesting(*traces: Trace) -> int:
-    dims = [
-        -frame.dim
-        for tr in traces
-        for site in tr.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized and frame.dim is not None
-    ]
-    return max(dims, default=0)
-
-
 def _site_infos(guide_tr: Trace, model_tr: Trace) -> dict[str, SiteInfo]:
     """Latent and deterministic model sites, with shapes and plate names (from the probe run)."""
     infos = {}
-    for name, site in model_tr.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
+    for site in sample_sites(model_tr):
+        name = site["name"]
         deterministic = bool(site["infer"].get("_deterministic", False))
         if site["is_observed"] and not deterministic:
             continue
@@ -261,27 +242,14 @@ def _log_density(tr: Trace, batch: int, nesting: int, skip: set[str]) -> Tensor:
     """Sum of the (scaled, masked) log-densities of all sample sites, one number per particle."""
     tr.compute_log_prob(site_filter=lambda name, site: name not in skip and not site_is_subsample(site))
     total: Tensor | float = 0.0
-    for site in _sample_sites(tr):
+    for site in sample_sites(tr):
         if site["name"] in skip:
             continue
-        total = total + _per_particle_sum(torch.as_tensor(site["log_prob"]), batch, nesting, site["name"])
+        lp = torch.as_tensor(site["log_prob"])  # dims left of the particle dim are summed too
+        total = total + per_particle_sum(lp, batch, -(nesting + 1), site["name"], sum_left=True)
     if isinstance(total, float):
         return torch.zeros(batch)
     return total
-
-
-def _per_particle_sum(lp: Tensor, batch: int, nesting: int, name: str) -> Tensor:
-    k = nesting + 1
-    if lp.dim() < k:  # no particle dim: the same for every particle
-        return lp.sum().expand(batch)
-    lp = lp.sum(dim=tuple(range(lp.dim() - k + 1, lp.dim()))) if k > 1 else lp
-    lp = lp.reshape(-1, lp.shape[-1]).sum(0) if lp.dim() > 1 else lp
-    if lp.shape[-1] not in (1, batch):
-        raise ValueError(
-            f"site {name!r}: its log-density has {lp.shape[-1]} entries along the particle dim "
-            f"{-k}, expected {batch}; is the model vectorisable under an outer plate?"
-        )
-    return lp.expand(batch)
 
 
 def _per_particle_value(value: Tensor, batch: int, shape: tuple[int, ...], name: str) -> Tensor:

@@ -37,15 +37,23 @@ from typing import Any, NamedTuple
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.runtime import _DIM_ALLOCATOR
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import biject_to
 from torch.distributions.constraints import Constraint
+
+# trace_model, max_plate_nesting and particle_dim live in tracing and stay importable from here
+from pyro_snf.infer.tracing import (
+    check_site_plates,
+    max_plate_nesting,
+    particle_dim,
+    per_particle_sum,
+    sample_sites,
+    trace_model,
+)
 
 _PLATE = "_pyro_snf_particles"
 
@@ -64,27 +72,11 @@ class LatentSite(NamedTuple):
         return math.prod(self.unconstrained_shape)
 
 
-def trace_model(model: Callable, args: tuple = (), kwargs: dict | None = None) -> Trace:
-    """One prior run of ``model`` for its structure (validation off), hidden from outer handlers."""
-    with pyro.validation_enabled(False):
-        return poutine.block(poutine.trace(model).get_trace)(*args, **(kwargs or {}))
-
-
 def check_model_trace(trace: Trace, who: str = "this potential") -> None:
     """Clear errors for what a continuous, full-batch potential cannot handle."""
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        for frame in site["cond_indep_stack"]:
-            if not frame.vectorized:
-                raise NotImplementedError(f"site '{name}' is in a sequential plate '{frame.name}'; "
-                                          f"{who} needs vectorised pyro.plate")
-            if frame.full_size is not None and frame.full_size != frame.size:
-                raise NotImplementedError(
-                    f"site '{name}' is in the subsampled plate '{frame.name}' (size {frame.size} of "
-                    f"{frame.full_size}); {who} needs the exact log density of the full data set, so "
-                    "subsampling is not supported: use the plate without subsample_size/subsample"
-                )
+    for site in sample_sites(trace):
+        name = site["name"]
+        check_site_plates(site, who)
         if site["is_observed"]:
             continue
         fn = site["fn"]
@@ -94,8 +86,7 @@ def check_model_trace(trace: Trace, who: str = "this potential") -> None:
                 "works on continuous latents only and does not support enumeration. Marginalise it out "
                 f"by hand, or hide it: poutine.block(model, hide=['{name}'])"
             )
-    if not any(s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
-               for s in trace.nodes.values()):
+    if not any(not s["is_observed"] for s in sample_sites(trace)):
         raise ValueError(f"the model has no latent sample sites; {who} has nothing to infer "
                          "(every site is observed)")
 
@@ -103,52 +94,14 @@ def check_model_trace(trace: Trace, who: str = "this potential") -> None:
 def latent_sites(trace: Trace) -> list[LatentSite]:
     """The continuous latent sites of a trace, in trace order (AutoContinuous's packing order)."""
     sites = []
-    for name, site in trace.iter_stochastic_nodes():
-        if site_is_subsample(site):
+    for site in sample_sites(trace):
+        if site["is_observed"]:
             continue
         value, fn = site["value"], site["fn"]
         shape = biject_to(fn.support).inv(value).shape
-        sites.append(LatentSite(name, fn.support, fn.event_dim, shape,
+        sites.append(LatentSite(site["name"], fn.support, fn.event_dim, shape,
                                 fn.event_dim + len(shape) - value.dim()))
     return sites
-
-
-def max_plate_nesting(trace: Trace) -> int:
-    """Number of batch dims the model uses: its plate dims, or its sites' batch ranks if larger."""
-    depth = 0
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site):
-            depth = max(depth, len(site["fn"].batch_shape),
-                        *(-f.dim for f in site["cond_indep_stack"] if f.vectorized))
-    return depth
-
-
-def particle_dim(max_plate_nesting: int) -> int:
-    """A free batch dim left of the model's plates and of every plate open right now."""
-    in_use = len(getattr(_DIM_ALLOCATOR, "_stack", ()))
-    return -(max(max_plate_nesting, in_use) + 1)
-
-
-def _per_particle(t: Tensor | float, n: int, dim: int, like: Tensor, name: str = "") -> Tensor:
-    """Sum a site's log-density ``t`` over every dim but the particle dim ``dim``; shape ``(n,)``."""
-    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
-    if t.dim() > -dim:
-        raise ValueError(
-            f"site '{name}' has log_prob of shape {tuple(t.shape)}, with dims left of the particle dim "
-            f"{dim} (left of all the model's plates): the model does not broadcast over a batch of latent "
-            "values. Write it as for Trace_ELBO(vectorize_particles=True), e.g. index from the right "
-            "(x[..., i], sum(-1)) and let pyro.plate handle batch dims"
-        )
-    if t.dim() == -dim and t.shape[0] == n:
-        return t.reshape(n, -1).sum(-1)
-    return t.sum().expand(n)  # no particle dim (e.g. fully masked): the same for every particle
-
-
-def _sum_rows(t: Tensor, n: int) -> Tensor:
-    """Sum a log-det over all dims but the leading particle dim; shape ``(n,)``."""
-    if t.dim() >= 1 and t.shape[0] == n:
-        return t.reshape(n, -1).sum(-1)
-    return t.sum().expand(n)
 
 
 class _FiniteGrad(torch.autograd.Function):
@@ -193,8 +146,9 @@ class _ScoreMessenger(Messenger):
         if msg["type"] != "sample" or site_is_subsample(msg) or msg["infer"].get("_do_not_score"):
             return
         lp = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"])
-        lp = scale_and_mask(lp, msg["scale"], msg["mask"])
-        self.log_p = self.log_p + _per_particle(lp, self.n, self.dim, self.log_p, msg["name"])
+        lp = torch.as_tensor(scale_and_mask(lp, msg["scale"], msg["mask"]), dtype=self.log_p.dtype,
+                             device=self.log_p.device)
+        self.log_p = self.log_p + per_particle_sum(lp, self.n, self.dim, msg["name"])
 
 
 class ModelPotential:
@@ -257,7 +211,8 @@ class ModelPotential:
             u = unconstrained[site.name]
             v = transform(u)
             values[site.name] = v
-            ladj = ladj + _sum_rows(transform.log_abs_det_jacobian(u, v), x.shape[0])
+            log_det = transform.log_abs_det_jacobian(u, v)  # leading dim: the particles
+            ladj = ladj + per_particle_sum(log_det, x.shape[0], -max(log_det.dim(), 1), site.name)
         return values, ladj
 
     def log_abs_det_constrain(self, x: Tensor) -> Tensor:

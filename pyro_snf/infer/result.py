@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from pyro_snf.diagnostics.arviz_compat import from_dict, khat_verdict
+from pyro_snf.diagnostics.plots import plot_marginals, plot_weights
 from pyro_snf.weights import ImportanceWeights
 
 _NOTE = (
@@ -208,17 +209,13 @@ class ImportanceResult:
         return from_dict({"posterior": posterior, "sample_stats": stats}, coords=coords, dims=dims,
                          attrs=attrs)
 
-    # -- plots (matplotlib figures) --------------------------------------------------------------
+    # -- plots (matplotlib figures; an ImportanceResult is a diagnostics.plots.WeightedDraws) -----
     def plot_weights(self, **kwargs: Any) -> Any:
         """See :func:`pyro_snf.diagnostics.plots.plot_weights`."""
-        from pyro_snf.diagnostics.plots import plot_weights
-
         return plot_weights(self, **kwargs)
 
     def plot_marginals(self, **kwargs: Any) -> Any:
         """See :func:`pyro_snf.diagnostics.plots.plot_marginals`."""
-        from pyro_snf.diagnostics.plots import plot_marginals
-
         return plot_marginals(self, **kwargs)
 
     # -- text --------------------------------------------------------------------------------------
