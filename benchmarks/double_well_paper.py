@@ -6,7 +6,8 @@ learnable Metropolis step sizes and intermediate beta. Training: 300 iterations 
 likelihood on exact samples, then 300 iterations of 50/50 ML + reverse KL, batch 128, Adam 5e-3.
 Each model is trained ``--trainings`` times independently (seeds 0..N-1); each training is
 evaluated on ``--num-sets`` x ``--set-size`` samples (free-energy profile along x1, 30 bins on
-[-3, 3], bias and uncertainty as in the paper's analysis code: pyro_snf.free_energy). The table
+[-3, 3], bias and uncertainty as in the paper's analysis code: pyro_snf.diagnostics.free_energy,
+evaluation in pyro_snf.examples.double_well). The table
 reports mean ± std over trainings of sqrt(bias^2 + std^2), unweighted and reweighted.
 
     python -m benchmarks.double_well_paper --out benchmarks/results            # full (~30 min)
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from pyro_snf.architectures import paper_double_well_snf
-from pyro_snf.double_well_study import evaluate, train_paper_protocol
+from pyro_snf.examples.double_well import evaluate, train_paper_protocol
 from pyro_snf.targets import DoubleWell
 
 VARIANTS = {

@@ -1,9 +1,9 @@
 """Time per SVI step: AutoSNF configurations vs AutoIAFNormal and AutoMultivariateNormal, 8
 vectorised particles, one thread.
 
-Models and data as shipped (:mod:`pyro_snf.models`, :mod:`pyro_snf.datasets`): eight schools
-(non-centred, D = 10) and Bayesian logistic regression on German credit (standardised features,
-intercept prepended, w ~ N(0, I), D = 25).
+Models and data as shipped (:mod:`pyro_snf.examples.models`, :mod:`pyro_snf.examples.datasets`):
+eight schools (non-centred, D = 10) and Bayesian logistic regression on German credit (standardised
+features, intercept prepended, w ~ N(0, I), D = 25).
 Reports the median over ``--steps`` timed steps after ``--warmup`` steps.
 
     python -m benchmarks.infer_step_time
@@ -22,18 +22,23 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal
 
-from pyro_snf.datasets import eight_schools, load_logistic
+from pyro_snf.examples.datasets import eight_schools, load_logistic
+from pyro_snf.examples.models import eight_schools_noncentered, logistic_regression
 from pyro_snf.infer import AutoSNF
-from pyro_snf.models import eight_schools_noncentered, logistic_regression
 
 
 def time_steps(model, guide, args: tuple, steps: int, warmup: int, stage_one: bool = False) -> float:
-    """Median seconds per SVI step; ``stage_one``: inside ``guide.without_blocks()``."""
+    """Median seconds per SVI step; ``stage_one``: inside ``guide.without_blocks()``, else AutoSNF's
+    steps run inside ``guide.adapting()`` (as in training)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     elbo = Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
-    with guide.without_blocks() if stage_one else contextlib.nullcontext():
+    if isinstance(guide, AutoSNF):
+        stage = guide.without_blocks() if stage_one else guide.adapting()
+    else:
+        stage = contextlib.nullcontext()
+    with stage:
         for _ in range(warmup):
             svi.step(*args)
         times = []
@@ -60,8 +65,10 @@ def main() -> None:
         "AutoMultivariateNormal": (AutoMultivariateNormal, False),
         "AutoSNF (default: 2 MALA blocks x 2 steps)": (AutoSNF, False),
         "AutoSNF (default, within without_blocks())": (AutoSNF, True),
-        "AutoSNF (detach_forces=True)": (lambda m: AutoSNF(m, detach_forces=True), False),
-        "AutoSNF (8 MALA blocks x 1 step)": (lambda m: AutoSNF(m, num_blocks=8, num_steps=1), False),
+        "AutoSNF (detach_forces=True)": (lambda m: AutoSNF(m, block_kwargs={"detach_forces": True}),
+                                         False),
+        "AutoSNF (8 MALA blocks x 1 step)": (
+            lambda m: AutoSNF(m, num_blocks=8, block_kwargs={"num_steps": 1}), False),
         "AutoSNF (flow='coupling')": (lambda m: AutoSNF(m, flow="coupling"), False),
     }
     print(f"median time per SVI step, Trace_ELBO(8 particles, vectorised), {opts.steps} steps, 1 thread")

@@ -3,8 +3,9 @@
 Common columns: log Z error (importance samplers only), ESS fraction, PSIS k-hat, modes covered
 where countable (a mode is covered when it holds at least 1% of its expected mass). Target metrics:
 
-- double well: reweighted free-energy error along ``x1`` in kT (:mod:`pyro_snf.free_energy`, the
-  paper's bias/uncertainty analysis over the independent sample sets; unweighted for MCMC);
+- double well: reweighted free-energy error along ``x1`` in kT
+  (:func:`pyro_snf.examples.double_well.free_energy_error`, the paper's bias/uncertainty analysis
+  over the independent sample sets; unweighted for MCMC);
 - GMM40: total-variation distance between the (weighted) mode masses and the uniform 1/40;
 - many-well: error of the mean left-well mass per pair (exact 0.1557);
 - funnel: Kolmogorov-Smirnov distance of the weighted ECDF of ``v`` against ``N(0, 3^2)``.
@@ -18,11 +19,11 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import RunResult, khat
-from pyro_snf.free_energy import exact_double_well_profile, histogram_profile, profile_error
+from pyro_snf.examples.double_well import free_energy_error, free_energy_profile
 from pyro_snf.targets import LEFT_WELL_MASS, Target
 from pyro_snf.targets.gmm import GaussianMixture
+from pyro_snf.weights import ImportanceWeights
 
-EDGES = torch.linspace(-3.0, 3.0, 31, dtype=torch.float64)
 MODE_FRACTION = 0.01
 TARGET_METRIC = {
     "double_well": "free-energy error (kT)",
@@ -31,13 +32,6 @@ TARGET_METRIC = {
     "many_well_32": "left-well mass error",
     "funnel_10": "KS distance of v",
 }
-
-
-def normalized_weights(log_w: Tensor | None, n: int) -> Tensor:
-    """Self-normalised weights (uniform for MCMC draws)."""
-    if log_w is None:
-        return torch.full((n,), 1.0 / n, dtype=torch.float64)
-    return torch.softmax(log_w.double(), 0)
 
 
 def weighted_ks_normal(values: Tensor, weights: Tensor, scale: float) -> float:
@@ -68,7 +62,8 @@ def evaluate(result: RunResult, target: Target) -> dict[str, float]:
     """All metric columns of ``result`` on ``target`` (see the module docstring)."""
     x = result.samples.double()
     lw = None if result.log_weights is None else torch.cat(result.log_weights).double()
-    w = normalized_weights(lw, len(x))
+    # self-normalised weights; MCMC draws (no log-weights) weigh uniformly
+    w = ImportanceWeights(torch.zeros(len(x), dtype=torch.float64) if lw is None else lw).normalized_weights
     out: dict[str, float] = {"num_samples": len(x), "ess": result.ess()}
     out["ess_fraction"] = out["ess"] / len(x)
     out["ess_per_s"] = out["ess"] / max(result.total_seconds, 1e-9)
@@ -83,9 +78,8 @@ def evaluate(result: RunResult, target: Target) -> dict[str, float]:
     key = result.target
     if key == "double_well":
         chunk_weights = result.log_weights or [None] * len(result.chunks)
-        profiles = torch.stack([histogram_profile(c[:, 0], EDGES, lw_c)
-                                for c, lw_c in zip(result.chunks, chunk_weights)])
-        out["target_metric"] = profile_error(profiles, exact_double_well_profile(EDGES), EDGES)["error"]
+        out["target_metric"] = free_energy_error(free_energy_profile(c, lw_c)
+                                                 for c, lw_c in zip(result.chunks, chunk_weights))
     if key == "double_well" or key.startswith("many_well"):
         covered, total, left = well_modes(x, w)
         out["modes"], out["modes_total"] = covered, total

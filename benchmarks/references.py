@@ -1,9 +1,10 @@
-"""The long NUTS reference of eight schools, stored as ``pyro_snf/data/eight_schools_reference.json``.
+"""The long NUTS reference of eight schools, stored as
+``pyro_snf/examples/data/eight_schools_reference.json``.
 
 Two independent Pyro NUTS chains (seeds 0-1, 500 warmup + 2,500 draws each, diagonal mass
-adaptation, target acceptance 0.9) on :func:`pyro_snf.models.eight_schools_noncentered`; the file
-holds the posterior mean and sd of the ten latent coordinates ``mu, tau, theta_tilde[0..7]``, the
-split R-hat and bulk ESS (ArviZ), and the exact moments from quadrature (:func:`exact_moments`),
+adaptation, target acceptance 0.9) on :func:`pyro_snf.examples.models.eight_schools_noncentered`;
+the file holds the posterior mean and sd of the ten latent coordinates ``mu, tau, theta_tilde[0..7]``,
+the split R-hat and bulk ESS (ArviZ), and the exact moments from quadrature (:func:`exact_moments`),
 which the benchmark uses as its reference (the NUTS run cross-checks them).
 
     python -m benchmarks.references            # several minutes on one core
@@ -21,8 +22,8 @@ import pyro
 import torch
 from pyro.infer import MCMC, NUTS
 
-from pyro_snf.datasets import eight_schools
-from pyro_snf.models import eight_schools_noncentered
+from pyro_snf.examples.datasets import eight_schools
+from pyro_snf.examples.models import eight_schools_noncentered
 
 FILE = "eight_schools_reference.json"
 NAMES = ["mu", "tau"] + [f"theta_tilde[{j}]" for j in range(8)]
@@ -88,7 +89,8 @@ def long_nuts(num_chains: int = 2, warmup: int = 500, num_samples: int = 2500) -
 
 def load_reference() -> dict:
     """The stored reference (see :func:`long_nuts`)."""
-    return json.loads(resources.files("pyro_snf").joinpath("data", FILE).read_text(encoding="utf-8"))
+    path = resources.files("pyro_snf.examples").joinpath("data", FILE)
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def reference_note() -> str:
@@ -106,7 +108,7 @@ def reference_note() -> str:
 def main() -> None:
     torch.set_num_threads(1)
     ref = long_nuts()
-    path = resources.files("pyro_snf").joinpath("data", FILE)
+    path = resources.files("pyro_snf.examples").joinpath("data", FILE)
     with open(str(path), "w", encoding="utf-8") as fh:
         json.dump(ref, fh, indent=1)
     print(json.dumps({k: ref[k] for k in ("mean", "sd", "rhat", "exact_mean", "exact_sd")}))

@@ -233,7 +233,8 @@ DEFINITIONS = [
     "minimum over coordinates of ArviZ's bulk ESS / draws (one chain: it cannot see modes it never visits).",
     "- ESS/s total: ESS / (train s + sample s); ESS/s sampling: ESS / sample s.",
     "- log Z error ± se: log-mean-exp of the weights minus the exact (energy targets) or reference "
-    "(Pyro models, pyro_snf.datasets.REFERENCE_LOG_EVIDENCE) value, with the delta-method standard error.",
+    "(Pyro models, pyro_snf.examples.datasets.REFERENCE_LOG_EVIDENCE) value, with the delta-method "
+    "standard error.",
     "- k-hat: PSIS Pareto k of the importance weights (< 0.7 for reliable estimates).",
     "- modes: modes holding >= 1% of their expected mass (weighted), where countable.",
 ]

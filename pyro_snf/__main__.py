@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         import torch
 
-        from pyro_snf.demo import run_demo
+        from pyro_snf.examples.demo import run_demo
 
         torch.set_num_threads(1)
         run_demo(args.out, quick=args.quick, seed=args.seed)

@@ -24,37 +24,57 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
 from torch.distributions import AffineTransform, Transform
 
-from pyro_snf.blocks import HMCBlock, LangevinBlock, MALABlock, MetropolisBlock, UnderdampedLangevinBlock
-from pyro_snf.blocks.base import StochasticBlock
+from pyro_snf.blocks import BlockFactory, StochasticBlock, block_factory, resolve_block
+from pyro_snf.blocks.metropolis import MetropolisBlock
 from pyro_snf.distribution import StochasticNormalizingFlow
 from pyro_snf.energy import Potential
-from pyro_snf.transforms import real_nvp_block, spline_coupling_block
-
-BLOCKS: dict[str, type[StochasticBlock]] = {
-    "metropolis": MetropolisBlock,
-    "langevin": LangevinBlock,
-    "mala": MALABlock,
-    "hmc": HMCBlock,
-    "underdamped": UnderdampedLangevinBlock,
-}
-FLOWS = {"real_nvp": real_nvp_block, "spline": spline_coupling_block}
-
-BlockFactory = Callable[[float], StochasticBlock]
+from pyro_snf.transforms import FLOWS, make_flow
 
 
-def _factory(block: str | BlockFactory | None, block_kwargs: dict) -> BlockFactory | None:
-    if block is None or callable(block):
-        return block
-    if block not in BLOCKS:
-        raise ValueError(f"unknown block {block!r}; choose one of {sorted(BLOCKS)} or pass a callable")
-    cls = BLOCKS[block]
-    return lambda beta: cls(beta=beta, **block_kwargs)
+def default_betas(num_blocks: int, metropolis_adjusted: bool) -> list[float]:
+    """The annealing schedule of :func:`annealed_blocks`: ``linspace(0, 1, n + 1)[1:]`` (ends at 1)
+    for unadjusted blocks, ``linspace(0, 1, n + 2)[1:-1]`` for Metropolis-adjusted ones, whose path
+    term at ``beta = 1`` right before the target, ``u(y) - u(x)``, would change no weight."""
+    grid = torch.linspace(0, 1, num_blocks + 2 if metropolis_adjusted else num_blocks + 1).tolist()
+    return grid[1:-1] if metropolis_adjusted else grid[1:]
+
+
+def annealed_blocks(block: str | type[StochasticBlock] | BlockFactory, num_blocks: int, *,
+                    betas: Sequence[float] | None = None, **block_kwargs) -> list[StochasticBlock]:
+    """``num_blocks`` blocks on an annealing schedule (default :func:`default_betas`).
+
+    :param block: a key of :data:`pyro_snf.blocks.BLOCKS`, a block class, or a factory
+        ``beta -> block`` (then ``block_kwargs`` must be empty).
+    :param block_kwargs: constructor arguments of every block (``step_size``, ``num_steps``, ...).
+        ``adapt_step_size`` defaults to on for Metropolis-adjusted blocks unless
+        ``learn_step_size=True``.
+
+    Example::
+
+        >>> [round(b.beta, 2) for b in annealed_blocks("mala", 2)]
+        [0.33, 0.67]
+    """
+    if isinstance(num_blocks, bool) or int(num_blocks) != num_blocks or num_blocks < 0:
+        raise ValueError(f"num_blocks must be an integer >= 0, got {num_blocks}")
+    num_blocks = int(num_blocks)
+    if isinstance(block, str) or isinstance(block, type):
+        cls = resolve_block(block)
+        adjusted = cls.metropolis_adjusted
+        if block_kwargs.get("adapt_step_size") is None:
+            block_kwargs["adapt_step_size"] = adjusted and not block_kwargs.get("learn_step_size", False)
+    else:
+        adjusted = num_blocks > 0 and block_factory(block)(1.0).metropolis_adjusted
+    betas = default_betas(num_blocks, adjusted) if betas is None else [float(b) for b in betas]
+    if len(betas) != num_blocks:
+        raise ValueError(f"betas need one entry per block ({num_blocks}), got {len(betas)}")
+    make = block_factory(block, **block_kwargs)
+    return [make(beta) for beta in betas]
 
 
 def snf_layers(input_dim: int, *, num_flow_blocks: int = 3, num_couplings: int = 2,
@@ -66,9 +86,11 @@ def snf_layers(input_dim: int, *, num_flow_blocks: int = 3, num_couplings: int =
     """Layers ``[B(beta_0)] F_1 B(beta_1) F_2 ... F_K [B(1)]``, or with ``blocks_after_flows``
     ``[B(0)] F_1 B(beta_0) F_2 B(beta_1) ... F_K B(beta_K-1)``.
 
-    :param flow: ``"real_nvp"``, ``"spline"`` or ``None`` (no flow: annealed importance sampling
-        with ``num_flow_blocks`` stochastic blocks).
-    :param block: a name in :data:`BLOCKS`, a callable ``beta -> block``, or ``None`` (plain flow).
+    :param flow: a key of :data:`pyro_snf.transforms.FLOWS` (``"real_nvp"``, ``"spline"``, ...), a
+        callable ``dim -> Transform(s)``, or ``None`` (no flow: annealed importance sampling with
+        ``num_flow_blocks`` stochastic blocks).
+    :param block: a key of :data:`pyro_snf.blocks.BLOCKS`, a block class, a callable
+        ``beta -> block``, or ``None`` (plain flow).
     :param block_kwargs: keyword arguments of the block class (``step_size``, ``num_steps``, ...).
     :param betas: one annealing value per flow block (default ``linspace(0, 1, num_flow_blocks)``).
     :param prior_block: put the first block before the first flow block (at the prior).
@@ -80,14 +102,14 @@ def snf_layers(input_dim: int, *, num_flow_blocks: int = 3, num_couplings: int =
         log-determinants cancel), so that the coupling networks see inputs of order 1, while the
         stochastic blocks still act in the target's own coordinates.
     """
-    make_block = _factory(block, block_kwargs or {})
-    if flow is not None and flow not in FLOWS:
-        raise ValueError(f"unknown flow {flow!r}; choose one of {sorted(FLOWS)} or None")
+    make_block = None if block is None else block_factory(block, **(block_kwargs or {}))
+    if flow is not None and not callable(flow) and flow not in FLOWS:
+        raise ValueError(f"unknown flow {flow!r}; choose one of {sorted(FLOWS)}, a callable or None")
     if flow_scale is not None and not flow_scale > 0:
         raise ValueError(f"flow_scale must be a positive number, got {flow_scale}")
 
     def flow_block() -> list[Transform]:
-        couplings = FLOWS[flow](input_dim, num_couplings, hidden_dims)
+        couplings = make_flow(flow, input_dim, hidden_dims=hidden_dims, num_couplings=num_couplings)
         if flow_scale is None:
             return couplings
         down = AffineTransform(0.0, 1.0 / flow_scale, event_dim=1)

@@ -44,6 +44,16 @@ _ATTR = "_pyro_snf_path"
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+class _FlowToken:
+    """Identity of a flow and of its expanded copies (its samples carry it), holding the block
+    statistics of their most recent run."""
+
+    __slots__ = ("infos",)
+
+    def __init__(self) -> None:
+        self.infos: list[BlockInfo] | None = None
+
+
 def base_energy(base_dist: TorchDistribution, y: Tensor) -> Tensor:
     """``-base_dist.log_prob(y)``, ``+inf`` (never NaN, never a validation error) where ``y`` is not
     finite. A diagonal Normal base (``Normal(...).to_event(1)``) is evaluated in closed form,
@@ -94,7 +104,7 @@ class StochasticNormalizingFlow(TorchDistribution):
         if self.has_blocks and potential is None:
             raise ValueError("layers contain stochastic blocks: pass potential= (the target energy u)")
         self.potential = potential
-        self._token = object() if _token is None else _token
+        self._token = _FlowToken() if _token is None else _token
         super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=validate_args)
 
     # -- modules -------------------------------------------------------------------------------
@@ -113,8 +123,11 @@ class StochasticNormalizingFlow(TorchDistribution):
 
     @property
     def info(self) -> list[BlockInfo | None]:
-        """Per-block statistics of the last call, in layer order (one entry per block)."""
-        return [block.last_info for block in self.blocks]
+        """Per-block statistics of this flow's most recent run (a draw or :meth:`backward_path`;
+        expanded copies, e.g. inside Pyro plates, share them), in layer order: one entry per
+        block, None before any run. Other flows sharing a block do not change them."""
+        infos = self._token.infos
+        return [None] * len(self.blocks) if infos is None else list(infos)
 
     def base_potential(self, y: Tensor) -> Tensor:
         """``u_0(y) = -log q_0(y)``, the energy that blocks with ``beta < 1`` anneal from.
@@ -133,7 +146,9 @@ class StochasticNormalizingFlow(TorchDistribution):
 
     def _draw(self, sample_shape: torch.Size, states: list[Tensor] | None = None) -> Tensor:
         z = self.base_dist.rsample(sample_shape)
-        x, sum_dS = forward_path(self.layers, z, self._target, self.base_potential, states)
+        infos: list[BlockInfo] = []
+        x, sum_dS = forward_path(self.layers, z, self._target, self.base_potential, states, infos)
+        self._token.infos = infos
         log_q = self.base_dist.log_prob(z) - sum_dS
         setattr(x, _ATTR, (self._token, log_q))
         return x
@@ -198,7 +213,9 @@ class StochasticNormalizingFlow(TorchDistribution):
         maximum-likelihood loss of an SNF.
         """
         potential = self._target if self.potential is not None else _no_potential
-        z, sum_dS = backward_path(self.layers, x, potential, self.base_potential)
+        infos: list[BlockInfo] = []
+        z, sum_dS = backward_path(self.layers, x, potential, self.base_potential, infos)
+        self._token.infos = infos
         return z, -self.base_dist.log_prob(z) + sum_dS
 
     # -- Pyro plumbing ---------------------------------------------------------------------------

@@ -10,6 +10,8 @@ the block's ``dS``. Both directions return the per-particle sum of path terms fo
 - backward: ``J_ML(x) = -log q_0(z) + sum dS`` bounds ``-log q_X(x)`` from above.
 
 Layers are never re-run: each is called once per particle batch (value and path term together).
+A block's backward move is a forward run of its own kernel (the blocks' backward kernel is their
+forward kernel, ``qhat = q``), whose path term changes sign.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Transform
 
-from pyro_snf.blocks.base import StochasticBlock
+from pyro_snf.blocks.base import BlockInfo, StochasticBlock
 from pyro_snf.energy import Potential
 
 Layer = Transform
@@ -62,11 +64,13 @@ def _check_shape(i: int, layer: Layer, before: Tensor, after: Tensor) -> None:
 
 def forward_path(
     layers: Sequence[Layer], z: Tensor, potential: Potential, base_potential: Potential | None,
-    states: list[Tensor] | None = None,
+    states: list[Tensor] | None = None, infos: list[BlockInfo] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Push base samples ``z`` through the layers; return ``(x, sum_t dS_t)``.
 
-    If ``states`` is a list, the state after every layer is appended to it (``z`` first).
+    If ``states`` is a list, the state after every layer is appended to it (``z`` first); if
+    ``infos`` is a list, every block's :class:`~pyro_snf.blocks.BlockInfo` of this run is appended
+    to it, in layer order.
     """
     y = z
     if states is not None:
@@ -74,7 +78,9 @@ def forward_path(
     total = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
     for i, layer in enumerate(layers):
         if isinstance(layer, StochasticBlock):
-            y_next, dS = layer.forward_step(y, potential, base_potential)
+            y_next, dS, info = layer.step(y, potential, base_potential)
+            if infos is not None:
+                infos.append(info)
         else:
             y_next = layer(y)
             _check_shape(i, layer, y, y_next)
@@ -87,21 +93,28 @@ def forward_path(
 
 
 def backward_path(
-    layers: Sequence[Layer], x: Tensor, potential: Potential, base_potential: Potential | None
+    layers: Sequence[Layer], x: Tensor, potential: Potential, base_potential: Potential | None,
+    infos: list[BlockInfo] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Pull target samples ``x`` back to the base; return ``(z, sum_t dS_t)``.
 
-    Bijections are inverted; stochastic blocks draw backward moves.
+    Bijections are inverted; stochastic blocks draw backward moves. If ``infos`` is a list, every
+    block's :class:`~pyro_snf.blocks.BlockInfo` of this run is appended to it, in layer order.
     """
     y = x
     total = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+    run_infos: list[BlockInfo] = []
     for i, layer in reversed(list(enumerate(layers))):
         if isinstance(layer, StochasticBlock):
-            y_prev, dS = layer.backward_step(y, potential, base_potential)
+            y_prev, dS_run, info = layer.step(y, potential, base_potential)  # qhat = q: a forward run
+            dS = -dS_run
+            run_infos.append(info)
         else:
             y_prev = layer.inv(y)
             _check_shape(i, layer, y, y_prev)
             dS = _log_det(layer, y_prev, y)
         total = total + dS
         y = y_prev
+    if infos is not None:
+        infos.extend(reversed(run_infos))
     return y, total

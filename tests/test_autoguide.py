@@ -5,6 +5,7 @@ bound), posterior means within a fraction of the posterior sd (Monte Carlo error
 self-normalised estimate is about sd / sqrt(ESS), far below the bounds used).
 """
 
+import contextlib
 import math
 
 import pyro
@@ -89,9 +90,11 @@ def importance(model, guide, args, n):
     return ImportanceWeights(log_w.detach()), model_trace
 
 
-def train(model, guide, args, steps, lr=0.03, particles=8):
+def train(model, guide, args, steps, lr=0.03, particles=8, adapt=False):
+    """SVI steps; with ``adapt`` inside ``guide.adapting()`` (the blocks' step sizes adapt too)."""
     svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO(particles, vectorize_particles=True))
-    return [svi.step(*args) for _ in range(steps)]
+    with guide.adapting() if adapt else contextlib.nullcontext():
+        return [svi.step(*args) for _ in range(steps)]
 
 
 @pytest.mark.slow
@@ -119,7 +122,7 @@ def randomised_guide(block, **kw):
     model, args, log_z, moments = linear_regression()
     mean, sd = moments["w"]
     guide = AutoSNF(model, flow="coupling", init_loc_fn=init_to_value(values={"w": mean + 0.3 * sd}),
-                    init_scale=0.2, block=block, num_blocks=2, num_steps=2, step_size=0.2, **kw)
+                    init_scale=0.2, block=block, num_blocks=2, block_kwargs={"step_size": 0.2}, **kw)
     guide(*args)
     with torch.no_grad():
         for name, p in guide.chain.named_parameters():
@@ -139,9 +142,10 @@ def test_untrained_guide_is_unbiased(block):
 
 def test_stagewise_training_without_blocks_then_adapting_blocks():
     """``without_blocks()`` gives the exact flow-only guide (blocks never run); with the blocks on,
-    SVI steps adapt their step sizes toward MALA's 0.574 acceptance and the weights stay exact."""
+    SVI steps inside ``adapting()`` adapt their step sizes toward MALA's 0.574 acceptance and the
+    weights stay exact."""
     model, args, log_z, _ = linear_regression()
-    guide = AutoSNF(model, flow="none", num_blocks=2, num_steps=2, step_size=0.01)
+    guide = AutoSNF(model, flow="none", num_blocks=2, block_kwargs={"step_size": 0.01})
     with guide.without_blocks():
         train(model, guide, args, steps=200)
         iw_flow, _ = importance(model, guide, args, 20000)
@@ -151,7 +155,7 @@ def test_stagewise_training_without_blocks_then_adapting_blocks():
     assert se < 0.05 and abs(err) < 4 * se, (err, se)
     rates = []
     for _ in range(150):
-        train(model, guide, args, steps=1)
+        train(model, guide, args, steps=1, adapt=True)
         rates.append([float(info.acceptance_rate) for info in guide.info])
     late = torch.tensor(rates[-50:]).mean(0)  # 50 steps x 8 particles x 2 moves per block
     assert ((late - 0.574).abs() < 0.12).all(), late
@@ -166,23 +170,23 @@ def test_stagewise_training_without_blocks_then_adapting_blocks():
 
 def test_adapt_step_sizes_tunes_the_blocks_without_training():
     model, args, _, _ = linear_regression()
-    guide = AutoSNF(model, flow="none", num_blocks=2, num_steps=2, step_size=0.05)
+    guide = AutoSNF(model, flow="none", num_blocks=2, block_kwargs={"step_size": 0.05})
     with guide.without_blocks():
         train(model, guide, args, steps=100)
         with pytest.raises(RuntimeError, match="inside without_blocks"):
             guide.adapt_step_sizes(*args)
     params = {k: v.detach().clone() for k, v in guide.chain.named_parameters()}
-    steps = guide.adapt_step_sizes(*args, num_steps=200, num_particles=128)
+    steps = guide.adapt_step_sizes(*args, num_draws=200, num_particles=128)
     assert all(s > 0.2 for s in steps)
     assert all(abs(float(info.acceptance_rate) - 0.574) < 0.1 for info in guide.info), guide.info
     assert all(torch.equal(v, params[k]) for k, v in guide.chain.named_parameters())  # no training
     with pytest.raises(ValueError, match="no block of this guide adapts"):
-        AutoSNF(model, num_blocks=1, learn_step_size=True).adapt_step_sizes(*args)
+        AutoSNF(model, num_blocks=1, block_kwargs={"learn_step_size": True}).adapt_step_sizes(*args)
 
 
 def test_step_size_learning_replaces_adaptation_when_asked():
     model, args, _, _ = linear_regression()
-    learned = AutoSNF(model, flow="none", num_blocks=1, learn_step_size=True)
+    learned = AutoSNF(model, flow="none", num_blocks=1, block_kwargs={"learn_step_size": True})
     assert not learned.blocks[0].adapt_step_size
     assert isinstance(learned.blocks[0].log_step_size, torch.nn.Parameter)
     adapted = AutoSNF(model, flow="none", num_blocks=1)
@@ -222,8 +226,9 @@ def test_plain_and_vectorised_particles_agree():
     model, args, _, _ = hierarchical()
     guide = AutoSNF(model, init_scale=0.5)
     guide(*args)
-    guide.eval()  # evaluations with gradients enabled: freeze the blocks' step-size adaptation
+    steps = [float(b.step_size) for b in guide.blocks]
     plain = torch.tensor([Trace_ELBO().loss(model, guide, *args) for _ in range(120)], dtype=F64)
+    assert [float(b.step_size) for b in guide.blocks] == steps  # calls with gradients adapt nothing
     iw, _ = importance(model, guide, args, 4000)
     vectorised = -iw.log_weights
     se = (plain.var() / 120 + vectorised.var() / 4000).sqrt()
@@ -255,12 +260,14 @@ def test_predictive_weighed_predictive_and_psis():
     assert math.isfinite(k)
 
 
-@pytest.mark.parametrize("options", [dict(init_scale=0.5, block="underdamped", learn_beta=True),
-                                     dict(init_scale=0.5, flow="coupling")])  # MALA, adapted steps
+@pytest.mark.parametrize("options", [
+    dict(init_scale=0.5, block="underdamped", block_kwargs={"learn_beta": True}),
+    dict(init_scale=0.5, flow="coupling"),  # MALA, adapted steps
+])
 def test_param_store_round_trip(tmp_path, options):
     model, args, _, _ = hierarchical()
     guide = AutoSNF(model, **options)
-    train(model, guide, args, steps=3)
+    train(model, guide, args, steps=3, adapt=guide.blocks[0].adapt_step_size)
     pyro.get_param_store().save(tmp_path / "params.pt")
     pyro.set_rng_seed(7)
     with torch.no_grad():  # sampling calls: adapted step sizes stay as saved
@@ -318,7 +325,7 @@ def test_flow_options_and_one_dimensional_fallback(flow):
     one_dim, args1, _, _ = normal_precision()
     for m, a in ((model, args), (one_dim, args1)):
         pyro.clear_param_store()
-        guide = AutoSNF(m, flow=flow, block="langevin", num_blocks=1, step_size=0.01)
+        guide = AutoSNF(m, flow=flow, block="langevin", num_blocks=1, block_kwargs={"step_size": 0.01})
         assert all(math.isfinite(v) for v in train(m, guide, a, steps=2))
     with pytest.raises(ValueError, match="param store holds"):  # the 1-d guide's parameters
         AutoSNF(model, flow=flow, num_blocks=1)(*args)
@@ -360,9 +367,37 @@ def test_bad_models_and_options_raise_clear_errors():
         AutoSNF(subsampled)(torch.zeros(100))
     with pytest.raises(ValueError, match="no latent sample sites"):
         AutoSNF(observed_only)()
-    with pytest.raises(ValueError, match="block must be one of"):
+    with pytest.raises(ValueError, match="unknown block 'gibbs'"):
         AutoSNF(observed_only, block="gibbs")
     with pytest.raises(ValueError, match="flow must be one of"):
         AutoSNF(observed_only, flow="maf")
     with pytest.raises(ValueError, match="one entry per block"):
         AutoSNF(observed_only, num_blocks=2, betas=[1.0])
+
+
+def test_old_block_keywords_still_work_with_a_deprecation_warning():
+    model, args, _, _ = linear_regression()
+    new = AutoSNF(model, block="hmc", num_blocks=2, block_kwargs={"num_steps": 1, "step_size": 0.3,
+                                                                  "num_leapfrog_steps": 4})
+    with pytest.warns(DeprecationWarning, match="block_kwargs"):
+        old = AutoSNF(model, block="hmc", num_blocks=2, num_steps=1, step_size=0.3,
+                      block_kwargs={"num_leapfrog_steps": 4})
+    assert repr(old.blocks) == repr(new.blocks) and old.blocks[0].adapt_step_size
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        AutoSNF(model, num_block=2)
+    with pytest.raises(ValueError, match="per-block step sizes"), pytest.warns(DeprecationWarning):
+        AutoSNF(model, step_size=[0.1, 0.2])
+
+
+def test_block_factory_and_ready_made_blocks():
+    model, args, _, _ = linear_regression()
+    from pyro_snf.blocks import MALABlock
+
+    guide = AutoSNF(model, block=lambda beta: MALABlock(0.2, 1, beta=beta), num_blocks=3)
+    assert [round(b.beta, 2) for b in guide.blocks] == [0.25, 0.5, 0.75]  # MALA: adjusted schedule
+    assert all(math.isfinite(v) for v in train(model, guide, args, steps=2))
+    with pytest.raises(ValueError, match="takes no block keyword arguments"):
+        AutoSNF(model, block=lambda beta: MALABlock(0.2, beta=beta), block_kwargs={"num_steps": 3})
+    unadjusted = AutoSNF(model, block="langevin", num_blocks=1)
+    with pytest.raises(ValueError, match="no block of this guide adapts"), unadjusted.adapting():
+        pass

@@ -4,7 +4,12 @@
   overdamped Langevin: the noise ratio; small-step limits of the Langevin blocks);
 - the backward kernel's sign convention;
 - invariance of Metropolis / MALA / HMC kernels for the target and for the annealed density;
-- dtype/device following, ``torch.no_grad()``, non-finite energies.
+- dtype/device following, ``torch.no_grad()``, non-finite energies;
+- the block registry (every class in ``pyro_snf.blocks.BLOCKS`` has a test case), ``step`` and its
+  statistics, and ``PulledBackBlock``.
+
+The block types come from the registry in ``conftest.py`` (fixtures ``block_case``,
+``adjusted_block_case``, ``unadjusted_block_case``); tests that need other settings override them.
 """
 
 from __future__ import annotations
@@ -16,30 +21,28 @@ import numpy as np
 import pytest
 import torch
 from scipy import integrate, stats
+from torch.distributions import AffineTransform
 
-from pyro_snf import HMCBlock, LangevinBlock, MALABlock, MetropolisBlock, UnderdampedLangevinBlock
+from pyro_snf.blocks import (
+    BLOCKS,
+    BlockInfo,
+    BlockStep,
+    HMCBlock,
+    LangevinBlock,
+    MALABlock,
+    MetropolisBlock,
+    PulledBackBlock,
+    block_factory,
+    resolve_block,
+)
 from pyro_snf.targets import DoubleWell
 from pyro_snf.targets.double_well import double_well_x1_energy
 
-BLOCKS = {
-    "metropolis": (MetropolisBlock, {"step_size": 0.5, "num_steps": 5}),
-    "mala": (MALABlock, {"step_size": 0.1, "num_steps": 5}),
-    "hmc": (HMCBlock, {"step_size": 0.2, "num_steps": 3, "num_leapfrog_steps": 3}),
-    "langevin": (LangevinBlock, {"step_size": 0.05, "num_steps": 5}),
-    "underdamped": (UnderdampedLangevinBlock, {"step_size": 0.2, "num_steps": 5, "friction": 1.0}),
-}
-ALL = list(BLOCKS)
-MH = ["metropolis", "mala", "hmc"]
 BETA_MODES = {
     "annealed": {"beta": 0.4},
     "target": {"beta": 1.0},
     "learnable": {"beta": 0.3, "learn_beta": True, "learn_step_size": True},
 }
-
-
-def make_block(name: str, **overrides):
-    cls, kwargs = BLOCKS[name]
-    return cls(**{**kwargs, **overrides})
 
 
 class DiagGaussian:
@@ -116,10 +119,9 @@ def assert_mean_var(sample: torch.Tensor, mean: float, var: float, k: float = 4.
 
 @pytest.mark.parametrize("num_steps", [1, 4])
 @pytest.mark.parametrize("mode", list(BETA_MODES))
-@pytest.mark.parametrize("name", MH)
-def test_metropolis_type_path_term_is_energy_difference(name, mode, num_steps, dtype):
+def test_metropolis_type_path_term_is_energy_difference(adjusted_block_case, mode, num_steps, dtype):
     x = (1.5 * torch.randn(2000, 3)).to(dtype)
-    block = make_block(name, num_steps=num_steps, **BETA_MODES[mode])
+    block = adjusted_block_case.make(num_steps=num_steps, **BETA_MODES[mode])
     y, dS = block.forward_step(x, TARGET, BASE.normalised)
     beta = beta_of(block)
     assert torch.allclose(dS, u_beta(y, beta) - u_beta(x, beta), **tol(dtype))
@@ -172,17 +174,18 @@ def quartic(x: torch.Tensor) -> torch.Tensor:
     return 0.25 * x.pow(4).sum(-1) + 0.5 * (x[..., 0] - x[..., 1]).pow(2)
 
 
-@pytest.mark.parametrize("name", ["langevin", "underdamped"])
-def test_small_step_limit_of_unadjusted_path_terms(name):
+SMALL_STEP_NUM_STEPS = {"underdamped": 20}  # default 1
+
+
+def test_small_step_limit_of_unadjusted_path_terms(unadjusted_block_case):
     """As the step size shrinks, the Langevin path terms approach ``u(y) - u(x)``: the relative
     deviation decreases by a clear factor each time the step shrinks 10-fold."""
+    case = unadjusted_block_case
     x = torch.randn(400, 2, dtype=torch.float64)
     rel = []
     for eps in (1e-2, 1e-3, 1e-4):
         torch.manual_seed(3)
-        kwargs = {"friction": 1.0} if name == "underdamped" else {}
-        num_steps = 20 if name == "underdamped" else 1
-        block = make_block(name, step_size=eps, num_steps=num_steps, **kwargs)
+        block = case.make(step_size=eps, num_steps=SMALL_STEP_NUM_STEPS.get(case.name, 1))
         with torch.no_grad():
             y, dS = block.forward_step(x, quartic)
             du = quartic(y) - quartic(x)
@@ -195,11 +198,10 @@ def test_small_step_limit_of_unadjusted_path_terms(name):
 
 
 @pytest.mark.parametrize("mode", ["annealed", "target"])
-@pytest.mark.parametrize("name", MH)
-def test_metropolis_type_backward_step_sign(name, mode):
+def test_metropolis_type_backward_step_sign(adjusted_block_case, mode):
     """For the pair (x, y) with x drawn backward from y: ``dS_pair = u_beta(y) - u_beta(x)``."""
     y = 1.5 * torch.randn(1000, 3, dtype=torch.float64)
-    block = make_block(name, **BETA_MODES[mode])
+    block = adjusted_block_case.make(**BETA_MODES[mode])
     x, dS = block.backward_step(y, TARGET, BASE.normalised)
     beta = BETA_MODES[mode]["beta"]
     assert torch.allclose(dS, u_beta(y, beta) - u_beta(x, beta), rtol=1e-10, atol=1e-10)
@@ -235,6 +237,7 @@ def double_well_x1_tables():
 
 
 INVARIANCE_KWARGS = {  # steps large enough that a wrong kernel shows, acceptance well away from 0 and 1
+    # (overrides of the registry's kwargs, by block name)
     "gauss": {
         "metropolis": {"step_size": 1.0, "num_steps": 5},
         "mala": {"step_size": 0.4, "num_steps": 5},
@@ -249,8 +252,8 @@ INVARIANCE_KWARGS = {  # steps large enough that a wrong kernel shows, acceptanc
 
 
 @pytest.mark.parametrize("target_name", ["gauss", "double_well"])
-@pytest.mark.parametrize("name", MH)
-def test_metropolis_type_blocks_leave_target_invariant(name, target_name):
+def test_metropolis_type_blocks_leave_target_invariant(adjusted_block_case, target_name):
+    case = adjusted_block_case
     n = 20_000
     if target_name == "gauss":
         target = DiagGaussian([1.0, -0.5], [0.6, 1.3])
@@ -262,7 +265,7 @@ def test_metropolis_type_blocks_leave_target_invariant(name, target_name):
         x0 = target.sample(n, dtype=torch.float64)
         m1, v1, grid, table = double_well_x1_tables()
         exact = [(m1, v1, lambda t: np.interp(t, grid, table)), (0.0, 1.0, stats.norm().cdf)]
-    block = make_block(name, **INVARIANCE_KWARGS[target_name][name])
+    block = case.make(**INVARIANCE_KWARGS[target_name].get(case.name, {}))
     y = block.forward_step(x0, target)[0].detach()
     acc = float(block.last_info.acceptance_rate)
     assert 0.3 < acc < 0.97, acc
@@ -273,8 +276,12 @@ def test_metropolis_type_blocks_leave_target_invariant(name, target_name):
         assert p > 1e-3, f"KS test on coordinate {d}: p = {p:.2g}"
 
 
-@pytest.mark.parametrize("name", MH)
-def test_metropolis_type_blocks_leave_annealed_density_invariant(name):
+ANNEALED_INVARIANCE_KWARGS = {"metropolis": {"step_size": 1.2, "num_steps": 5},
+                              "mala": {"step_size": 0.5, "num_steps": 5},
+                              "hmc": {"step_size": 0.6, "num_steps": 3, "num_leapfrog_steps": 3}}
+
+
+def test_metropolis_type_blocks_leave_annealed_density_invariant(adjusted_block_case):
     """With beta < 1 a block keeps ``exp(-u_beta)``, ``u_beta = (1 - beta) u_0 + beta u``, which for a
     Gaussian base and target is the Gaussian computed in closed form."""
     n, beta = 20_000, 0.4
@@ -285,9 +292,8 @@ def test_metropolis_type_blocks_leave_annealed_density_invariant(name):
     assert float(((annealed.mean - TARGET.mean).abs() / se).max()) > 20
     assert float(((annealed.mean - BASE.mean).abs() / se).max()) > 20
     x0 = annealed.sample(n)
-    kwargs = {"metropolis": {"step_size": 1.2, "num_steps": 5}, "mala": {"step_size": 0.5, "num_steps": 5},
-              "hmc": {"step_size": 0.6, "num_steps": 3, "num_leapfrog_steps": 3}}[name]
-    block = make_block(name, beta=beta, **kwargs)
+    kwargs = ANNEALED_INVARIANCE_KWARGS.get(adjusted_block_case.name, {})
+    block = adjusted_block_case.make(beta=beta, **kwargs)
     y = block.forward_step(x0, TARGET, BASE.normalised)[0].detach()
     assert 0.3 < float(block.last_info.acceptance_rate) < 0.97
     for d in range(3):
@@ -300,11 +306,10 @@ def test_metropolis_type_blocks_leave_annealed_density_invariant(name):
 # -- dtype / device / no_grad ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_block_follows_input_dtype_and_device(name, dtype, device):
+def test_block_follows_input_dtype_and_device(block_case, dtype, device):
     other = torch.float64 if dtype == torch.float32 else torch.float32
     # learnable parameters stored in the *other* dtype: no promotion of the particles
-    block = make_block(name, learn_step_size=True, learn_beta=True, beta=0.5).to(other)
+    block = block_case.make(learn_step_size=True, learn_beta=True, beta=0.5).to(other)
     x = torch.randn(64, 3, dtype=dtype, device=device)
     runs = (block.forward_step(x, TARGET, BASE.normalised), block.backward_step(x, TARGET, BASE.normalised))
     for y, dS in runs:
@@ -319,17 +324,15 @@ def test_block_follows_input_dtype_and_device(name, dtype, device):
 
 
 @pytest.mark.parametrize("batch_shape", [(), (7,), (4, 5)])
-@pytest.mark.parametrize("name", ALL)
-def test_block_batch_shapes(name, batch_shape):
+def test_block_batch_shapes(block_case, batch_shape):
     x = torch.randn(*batch_shape, 3)
-    y, dS = make_block(name).forward_step(x, TARGET)
+    y, dS = block_case.make().forward_step(x, TARGET)
     assert y.shape == x.shape and dS.shape == torch.Size(batch_shape)
     assert torch.isfinite(dS).all()
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_sampling_under_no_grad(name):
-    block = make_block(name, learn_step_size=True, learn_beta=True, beta=0.5)
+def test_sampling_under_no_grad(block_case):
+    block = block_case.make(learn_step_size=True, learn_beta=True, beta=0.5)
     x = torch.randn(100, 3)
     with torch.no_grad():
         y, dS = block.forward_step(x, TARGET, BASE.normalised)
@@ -340,11 +343,10 @@ def test_sampling_under_no_grad(name):
     assert not x.requires_grad  # the caller's tensor is never mutated
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_no_grad_sampling_uses_the_same_forces(name):
+def test_no_grad_sampling_uses_the_same_forces(block_case):
     """Under ``torch.no_grad()`` forces are still computed (grad enabled internally): at the same
     seed, the draw and its path term equal those of a run with gradients."""
-    block = make_block(name, beta=0.5)
+    block = block_case.make(beta=0.5)
     x = torch.randn(200, 3, dtype=torch.float64)
     torch.manual_seed(8)
     y, dS = block.forward_step(x, TARGET, BASE.normalised)
@@ -355,11 +357,10 @@ def test_no_grad_sampling_uses_the_same_forces(name):
     assert torch.allclose(dS.detach(), dS_ng, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_block_does_not_mutate_caller_tensor(name):
+def test_block_does_not_mutate_caller_tensor(block_case):
     x = torch.randn(50, 3)
     x_copy = x.clone()
-    y, dS = make_block(name, learn_step_size=True).forward_step(x, TARGET)
+    y, dS = block_case.make(learn_step_size=True).forward_step(x, TARGET)
     assert not x.requires_grad and x.grad_fn is None and torch.equal(x, x_copy)
     assert y.requires_grad  # the learnable step size is in the graph
 
@@ -374,10 +375,13 @@ def walled(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x[..., 0] < -1.2, torch.full_like(u, float("nan")), u)
 
 
-@pytest.mark.parametrize("name", MH)
-def test_metropolis_type_blocks_reject_nonfinite_proposals(name):
+WALLED_STEP_SIZES = {"metropolis": 1.0, "mala": 0.3, "hmc": 0.4}  # proposals that hit the walls
+
+
+def test_metropolis_type_blocks_reject_nonfinite_proposals(adjusted_block_case):
     x = 0.3 * torch.randn(2000, 2).clamp(-2, 2)
-    block = make_block(name, step_size={"metropolis": 1.0, "mala": 0.3, "hmc": 0.4}[name])
+    case = adjusted_block_case
+    block = case.make(step_size=WALLED_STEP_SIZES.get(case.name, case.kwargs["step_size"]))
     y, dS = block.forward_step(x, walled)
     info = block.last_info
     assert int(info.num_nonfinite) > 0 and int(info.num_dead) == 0
@@ -386,20 +390,18 @@ def test_metropolis_type_blocks_reject_nonfinite_proposals(name):
     assert torch.allclose(dS, walled(y) - walled(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", MH)
-def test_metropolis_type_blocks_freeze_particles_entering_nonfinite(name):
+def test_metropolis_type_blocks_freeze_particles_entering_nonfinite(adjusted_block_case):
     x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [-2.0, 0.0]])
-    block = make_block(name)
+    block = adjusted_block_case.make()
     y, dS = block.forward_step(x, walled)
     assert torch.equal(y[1:], x[1:])
     assert torch.isfinite(dS[0]) and (dS[1:] == -float("inf")).all()
     assert int(block.last_info.num_dead) == 2 and int(block.last_info.num_nonfinite) >= 2
 
 
-@pytest.mark.parametrize("name", ["langevin", "underdamped"])
-def test_unadjusted_blocks_kill_particles_that_hit_nonfinite_energy(name):
+def test_unadjusted_blocks_kill_particles_that_hit_nonfinite_energy(unadjusted_block_case):
     x = 0.3 * torch.randn(2000, 2).clamp(-2, 2)
-    block = make_block(name, step_size=0.3, num_steps=5)
+    block = unadjusted_block_case.make(step_size=0.3, num_steps=5)
     y, dS = block.forward_step(x, walled)
     info = block.last_info
     dead = dS == -float("inf")
@@ -427,3 +429,67 @@ def test_diverging_trajectories_with_annealing_are_rejected_not_raised():
     x, log_w = snf.sample_and_log_weight((500,))
     assert not torch.isnan(log_w).any() and torch.isfinite(x).all()
     assert int(block.last_info.num_nonfinite) > 0
+
+
+# -- registry, step statistics, pulled-back blocks ---------------------------------------------------
+
+
+def test_every_registered_block_has_a_test_case(block_cases):
+    """Adding a block class is one line in ``pyro_snf.blocks.BLOCKS`` and one in ``conftest.py``."""
+    first_name: dict[type, str] = {}
+    for name, cls in BLOCKS.items():
+        first_name.setdefault(cls, name)
+    aliases = {name for name, cls in BLOCKS.items() if first_name[cls] != name}
+    assert aliases == {"rwm"}
+    assert set(BLOCKS) - aliases == set(block_cases)
+    for name, case in block_cases.items():
+        assert case.cls is BLOCKS[name] and resolve_block(name) is case.cls
+
+
+def test_metropolis_adjusted_is_the_accept_test_flag(block_case):
+    cls = block_case.cls
+    assert isinstance(cls.metropolis_adjusted, bool)
+    assert cls.metropolis_adjusted == (cls.default_target_accept is not None)
+    assert cls.metropolis_adjusted == (cls in (MetropolisBlock, MALABlock, HMCBlock))
+
+
+def test_registry_names_classes_and_factories():
+    assert resolve_block("rwm") is resolve_block("metropolis") is MetropolisBlock
+    assert resolve_block(HMCBlock) is HMCBlock
+    make = block_factory("hmc", step_size=0.3, num_leapfrog_steps=2)
+    a, b = make(0.25), make(0.75)
+    assert isinstance(a, HMCBlock) and a is not b and (a.beta, b.beta) == (0.25, 0.75)
+    assert a.num_leapfrog_steps == 2 and float(a.step_size) == pytest.approx(0.3)
+    assert isinstance(block_factory(LangevinBlock)(0.5), LangevinBlock)
+    custom = lambda beta: MALABlock(0.2, beta=beta)  # noqa: E731
+    assert block_factory(custom) is custom
+
+
+def test_step_returns_the_statistics_of_its_call(block_case):
+    block = block_case.make(beta=0.5)
+    x = torch.randn(300, 3, dtype=torch.float64)
+    torch.manual_seed(2)
+    result = block.step(x, TARGET, BASE.normalised)
+    assert isinstance(result, BlockStep) and isinstance(result.info, BlockInfo)
+    assert block.last_info is result.info
+    torch.manual_seed(2)
+    y, dS = block.forward_step(x, TARGET, BASE.normalised)
+    assert torch.equal(y, result.y) and torch.equal(dS, result.dS)
+    for field, other in zip(result.info, block.last_info):
+        assert torch.equal(field, other)
+
+
+def test_pulled_back_block_runs_the_wrapped_block_on_the_pulled_back_energy(block_case):
+    inner = block_case.make(beta=0.5)
+    affine = AffineTransform(torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64), 1.7)
+    block = PulledBackBlock(inner, [affine])
+    assert block.metropolis_adjusted == inner.metropolis_adjusted and block.beta == inner.beta
+    assert torch.equal(block.step_size, inner.step_size) and block.num_steps == inner.num_steps
+    assert block.adapt_step_size is inner.adapt_step_size is False
+    x = torch.randn(200, 3, dtype=torch.float64)
+    torch.manual_seed(4)
+    y, dS, info = block.step(x, TARGET, BASE.normalised)
+    torch.manual_seed(4)
+    y_ref, dS_ref, _ = inner.step(x, lambda w: TARGET(affine(w)), BASE.normalised)
+    assert torch.equal(y, y_ref) and torch.equal(dS, dS_ref)
+    assert block.last_info is info

@@ -23,6 +23,7 @@ from pyro_snf import (
     StochasticNormalizingFlow,
 )
 from pyro_snf.architectures import snf_layers
+from pyro_snf.path import backward_path, forward_path
 from pyro_snf.transforms import real_nvp_block, spline_coupling_block
 
 D = 3
@@ -285,16 +286,52 @@ def test_sample_trajectory_keeps_every_state_and_matches_sample_and_log_weight()
             assert torch.allclose(states[t + 1], layer(states[t]), atol=1e-6)
 
 
-def test_info_lists_block_statistics_in_layer_order():
-    blocks = [MetropolisBlock(0.5, 2), LangevinBlock(0.05, 2, beta=0.5), HMCBlock(0.2, 1)]
-    layers = [blocks[0], T.affine_coupling(D), blocks[1], blocks[2]]
+def test_info_lists_block_statistics_in_layer_order(block_cases):
+    blocks = [case.make(num_steps=2, beta=0.5) for case in block_cases.values()]  # every block type
+    layers = [blocks[0], T.affine_coupling(D), *blocks[1:]]
     snf = StochasticNormalizingFlow(base_normal(), layers, gauss)
-    assert snf.info == [None, None, None] and snf.blocks == blocks
+    assert snf.info == [None] * len(blocks) and snf.blocks == blocks
     snf.sample((100,))
-    assert len(snf.info) == 3 and all(isinstance(i, BlockInfo) for i in snf.info)
-    assert float(snf.info[1].acceptance_rate) == 1.0  # unadjusted dynamics accept everything
-    for info in snf.info:
+    assert len(snf.info) == len(blocks) and all(isinstance(i, BlockInfo) for i in snf.info)
+    assert all(info is block.last_info for info, block in zip(snf.info, blocks))  # layer order
+    for info, block in zip(snf.info, blocks):
+        if not block.metropolis_adjusted:
+            assert float(info.acceptance_rate) == 1.0  # unadjusted dynamics accept everything
         assert int(info.num_dead) == 0 and int(info.num_nonfinite) == 0
+
+
+def test_info_belongs_to_the_flow_that_drew():
+    """Two flows sharing a block each report their own most recent run; expanded copies (Pyro
+    plates) and ``backward_path`` update their flow's statistics."""
+    shared = LangevinBlock(0.3, 4)
+    mine = StochasticNormalizingFlow(base_normal(), [MetropolisBlock(0.5, 2), shared], gauss)
+    other = StochasticNormalizingFlow(base_normal(), [shared], walled)
+    mine.sample((500,))
+    own = mine.info
+    assert int(own[1].num_dead) == 0
+    with pytest.warns(RuntimeWarning):
+        other.sample_and_log_weight((500,))
+    assert int(other.info[0].num_dead) > 0 and shared.last_info is other.info[0]
+    assert mine.info[0] is own[0] and mine.info[1] is own[1]  # untouched by the other flow's draw
+    mine.expand((5,)).rsample((2,))
+    assert mine.info[1] is shared.last_info and mine.info[1] is not own[1]
+    mine.backward_path(torch.randn(50, D))
+    assert [i is b.last_info for i, b in zip(mine.info, mine.blocks)] == [True, True]
+    assert other.info[0] is not shared.last_info
+
+
+def test_paths_collect_block_infos_in_layer_order(block_cases):
+    blocks = [case.make(beta=0.5) for case in block_cases.values()]
+    layers = [T.affine_coupling(D), *blocks[:2], T.Permute(torch.tensor([2, 0, 1])), *blocks[2:]]
+    base = base_normal()
+    for run in ("forward", "backward"):
+        infos, states = [], []
+        if run == "forward":
+            forward_path(layers, base.sample((64,)), gauss, lambda y: -base.log_prob(y), states, infos)
+            assert len(states) == len(layers) + 1
+        else:
+            backward_path(layers, torch.randn(64, D), gauss, lambda y: -base.log_prob(y), infos)
+        assert len(infos) == len(blocks) and all(i is b.last_info for i, b in zip(infos, blocks)), run
 
 
 def test_parameters_are_those_of_the_layers():

@@ -13,17 +13,17 @@ from torch.distributions import Transform, constraints
 from pyro_snf import (
     AnnealedEnergy,
     HMCBlock,
-    LangevinBlock,
     MALABlock,
     MetropolisBlock,
     StochasticNormalizingFlow,
     UnderdampedLangevinBlock,
 )
 from pyro_snf.architectures import make_snf, paper_double_well_snf, snf_layers
+from pyro_snf.blocks import block_factory, resolve_block
 from pyro_snf.targets import DoubleWell, NealFunnel
 from pyro_snf.transforms import real_nvp_block, spline_coupling_block
 
-BLOCK_CLASSES = [MetropolisBlock, LangevinBlock, MALABlock, HMCBlock, UnderdampedLangevinBlock]
+# the block classes come from the registry in conftest.py (fixture block_case; its .cls)
 
 
 def u(x):
@@ -37,25 +37,22 @@ def base(dim=2):
 # -- construction ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", BLOCK_CLASSES)
 @pytest.mark.parametrize("step_size", [0.0, -0.1, math.nan])
-def test_bad_step_size(cls, step_size):
+def test_bad_step_size(block_case, step_size):
     with pytest.raises(ValueError, match="step_size must be > 0"):
-        cls(step_size=step_size)
+        block_case.cls(step_size=step_size)
 
 
-@pytest.mark.parametrize("cls", BLOCK_CLASSES)
 @pytest.mark.parametrize("num_steps", [0, -3, 1.5])
-def test_bad_num_steps(cls, num_steps):
+def test_bad_num_steps(block_case, num_steps):
     with pytest.raises(ValueError, match="num_steps must be an integer >= 1"):
-        cls(num_steps=num_steps)
+        block_case.cls(num_steps=num_steps)
 
 
-@pytest.mark.parametrize("cls", BLOCK_CLASSES)
 @pytest.mark.parametrize("beta", [-0.1, 1.1, math.nan])
-def test_bad_beta(cls, beta):
+def test_bad_beta(block_case, beta):
     with pytest.raises(ValueError, match=r"beta must lie in \[0, 1\]"):
-        cls(beta=beta)
+        block_case.cls(beta=beta)
 
 
 @pytest.mark.parametrize("num_leapfrog_steps", [0, -1, 2.5])
@@ -70,10 +67,9 @@ def test_bad_friction(friction):
         UnderdampedLangevinBlock(friction=friction)
 
 
-@pytest.mark.parametrize("cls", BLOCK_CLASSES)
-def test_valid_edge_values_are_accepted(cls):
+def test_valid_edge_values_are_accepted(block_case):
     for beta in (0.0, 1.0):
-        block = cls(step_size=1e-6, num_steps=1, beta=beta)
+        block = block_case.cls(step_size=1e-6, num_steps=1, beta=beta)
         assert block.num_steps == 1
 
 
@@ -138,8 +134,8 @@ def forgot_to_sum(x):
     return 0.5 * x.pow(2)
 
 
-@pytest.mark.parametrize("cls", BLOCK_CLASSES)
-def test_potential_with_wrong_shape(cls):
+def test_potential_with_wrong_shape(block_case):
+    cls = block_case.cls
     block = cls()
     message = r"returned shape \(10, 2\) for input of shape \(10, 2\); expected \(10,\)"
     with pytest.raises(ValueError, match=message):
@@ -164,8 +160,8 @@ def test_potential_returning_non_tensor():
         MetropolisBlock().forward_step(torch.randn(4, 2), lambda x: 1.0)
 
 
-@pytest.mark.parametrize("cls", BLOCK_CLASSES)
-def test_annealed_block_needs_base_potential(cls):
+def test_annealed_block_needs_base_potential(block_case):
+    cls = block_case.cls
     with pytest.raises(ValueError, match="base_potential"):
         cls(beta=0.5).forward_step(torch.randn(4, 2), u)
     with pytest.raises(ValueError, match="base_potential"):
@@ -174,10 +170,11 @@ def test_annealed_block_needs_base_potential(cls):
         AnnealedEnergy(u, None, beta=0.0)
 
 
-@pytest.mark.parametrize("cls", BLOCK_CLASSES)
-def test_scalar_input(cls):
+def test_scalar_input(block_case):
     with pytest.raises(ValueError, match=r"\(\.\.\., D\)"):
-        cls().forward_step(torch.tensor(1.0), u)
+        block_case.cls().forward_step(torch.tensor(1.0), u)
+    with pytest.raises(ValueError, match=r"\(\.\.\., D\)"):
+        block_case.cls().step(torch.tensor(1.0), u)
 
 
 def test_target_with_wrong_dimension():
@@ -202,6 +199,20 @@ def test_importance_weights_needs_unbatched_flow():
 
 
 # -- builders -------------------------------------------------------------------------------------
+
+
+def test_block_registry_errors():
+    for bad in ("gibbs", MALABlock(), torch.nn.Linear, 3):
+        with pytest.raises(ValueError, match=r"unknown block .*block must be one of \['hmc', 'langevin'"):
+            resolve_block(bad)
+    with pytest.raises(ValueError, match="unknown block 'gibbs'"):
+        block_factory("gibbs", step_size=0.1)
+    with pytest.raises(ValueError, match="unknown block 3"):
+        block_factory(3)
+    with pytest.raises(ValueError, match=r"takes no block keyword arguments; got \['step_size'\]"):
+        block_factory(lambda beta: MALABlock(beta=beta), step_size=0.1)
+    with pytest.raises(TypeError, match="friction"):  # a wrong keyword fails when a block is built
+        block_factory("mala", friction=1.0)(0.5)
 
 
 def test_builder_errors():

@@ -1,4 +1,18 @@
-"""Stochastic blocks used as Pyro ``TransformModule`` objects (the cache traps of DESIGN.md §2)."""
+"""Stochastic blocks used as Pyro ``TransformModule`` objects, and the cache traps of doing so.
+
+torch's transforms assume determinism: ``TransformedDistribution.log_prob(x)`` inverts the layers
+from ``x`` and ``ComposeTransform.log_abs_det_jacobian`` re-runs the parts from ``z``. A stochastic
+block cannot be re-run (a second call draws a different path) nor inverted, so it keeps one record
+``(x, y, dS)`` of its last call keyed by object identity: the very input returns the recorded
+output, ``inv`` of the very output returns the recorded input, and ``log_abs_det_jacobian`` of that
+pair is the recorded path term. The traps checked here: an uncached bijection before a block hands
+it a recomputed copy of its input (it must refuse, not silently draw again); one after it hands
+``inv`` a copy of its output (no inverse); tensors it did not produce, or an older sample, cannot be
+scored. With cached bijections the path density of the last sample is exact.
+
+The block types come from the registry in ``conftest.py`` (fixture ``block_case``), with fewer
+steps per block than its defaults.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +25,7 @@ from pyro.distributions.torch_transform import ComposeTransformModule, Transform
 from torch.distributions import ComposeTransform
 from torch.distributions.transforms import AffineTransform
 
-from pyro_snf import HMCBlock, LangevinBlock, MALABlock, MetropolisBlock, UnderdampedLangevinBlock
+from pyro_snf import MetropolisBlock
 
 D = 2
 MEAN = torch.tensor([1.0, -0.5])
@@ -26,14 +40,11 @@ def u0(x):
     return 0.5 * (x / 1.5).pow(2).sum(-1)
 
 
-BLOCKS = {
-    "metropolis": lambda **kw: MetropolisBlock(0.5, 3, **kw),
-    "mala": lambda **kw: MALABlock(0.1, 3, **kw),
-    "hmc": lambda **kw: HMCBlock(0.2, 2, num_leapfrog_steps=3, **kw),
-    "langevin": lambda **kw: LangevinBlock(0.05, 3, **kw),
-    "underdamped": lambda **kw: UnderdampedLangevinBlock(0.2, 3, friction=1.0, **kw),
-}
-MH = ["metropolis", "mala", "hmc"]
+NUM_STEPS = {"hmc": 2}  # default 3
+
+
+def make_block(case, **kwargs):
+    return case.make(num_steps=NUM_STEPS.get(case.name, 3), **kwargs)
 
 
 def base():
@@ -51,10 +62,9 @@ def expected_log_prob(c1, block, c2, b, z, x):
     return b.log_prob(z) - ladj1 - dS - ladj2, y1, y2, dS
 
 
-@pytest.mark.parametrize("name", list(BLOCKS))
-def test_block_inside_transformed_distribution(name):
+def test_block_inside_transformed_distribution(block_case):
     c1, c2 = T.affine_coupling(D, hidden_dims=[8]), T.affine_coupling(D, hidden_dims=[8])
-    block = BLOCKS[name](potential=u)
+    block = make_block(block_case, potential=u)
     b = base()
     td = dist.TransformedDistribution(b, [c1, block, c2])
     pyro.set_rng_seed(4)
@@ -64,17 +74,16 @@ def test_block_inside_transformed_distribution(name):
     assert torch.equal(c1._cached_x_y[0], z)
     expected, y1, y2, dS = expected_log_prob(c1, block, c2, b, c1._cached_x_y[0], x)
     assert torch.allclose(td.log_prob(x), expected, atol=1e-5)
-    if name in MH:  # the recorded path term is the energy difference
+    if block_case.adjusted:  # the recorded path term is the energy difference
         assert torch.allclose(dS, u(y2) - u(y1), atol=1e-5)
     assert not torch.equal(y1, y2)
 
 
-@pytest.mark.parametrize("name", list(BLOCKS))
-def test_block_inside_compose_transform_module(name):
+def test_block_inside_compose_transform_module(block_case):
     """``ComposeTransformModule.log_abs_det_jacobian`` re-runs its parts from ``z``: with cached
     bijections the block answers from its record, so the path density is the recorded one."""
     c1, c2 = T.affine_coupling(D, hidden_dims=[8]), T.affine_coupling(D, hidden_dims=[8])
-    block = BLOCKS[name](potential=u, base_potential=u0, beta=0.5)
+    block = make_block(block_case, potential=u, base_potential=u0, beta=0.5)
     compose = ComposeTransformModule([c1, block, c2])
     b = base()
     td = dist.TransformedDistribution(b, compose)
@@ -82,7 +91,7 @@ def test_block_inside_compose_transform_module(name):
     z = c1._cached_x_y[0]
     expected, y1, y2, dS = expected_log_prob(c1, block, c2, b, z, x)
     assert torch.allclose(td.log_prob(x), expected, atol=1e-5)
-    if name in MH:
+    if block_case.adjusted:
         assert torch.allclose(dS, 0.5 * (u(y2) + u0(y2)) - 0.5 * (u(y1) + u0(y1)), atol=1e-5)
     # registered with pyro.module through the compose module: the couplings' parameters are there
     pyro.module("flow", compose)
@@ -90,16 +99,15 @@ def test_block_inside_compose_transform_module(name):
     assert any(n.startswith("flow$$$0.") for n in names) and any(n.startswith("flow$$$2.") for n in names)
 
 
-@pytest.mark.parametrize("name", list(BLOCKS))
-def test_call_cache_semantics(name):
-    block = BLOCKS[name](potential=u)
+def test_call_cache_semantics(block_case):
+    block = make_block(block_case, potential=u)
     x = torch.randn(100, D)
     y = block(x)
     assert block(x) is y  # same input object: the recorded draw
     assert block.inv(y) is x
     ladj = block.log_abs_det_jacobian(x, y)
     assert ladj.shape == (100,) and torch.isfinite(ladj).all()
-    if name in MH:
+    if block_case.adjusted:
         assert torch.allclose(ladj, u(y) - u(x), atol=1e-5)
     x_new = x + 0.1
     y_new = block(x_new)  # a fresh tensor: a fresh draw
@@ -107,9 +115,8 @@ def test_call_cache_semantics(name):
     assert block.inv(y_new) is x_new
 
 
-@pytest.mark.parametrize("name", list(BLOCKS))
-def test_recomputed_copy_guard(name):
-    block = BLOCKS[name](potential=u)
+def test_recomputed_copy_guard(block_case):
+    block = make_block(block_case, potential=u)
     x = torch.randn(100, D)
     block(x)
     with pytest.raises(RuntimeError, match="recomputed copy"):
@@ -138,9 +145,8 @@ def test_uncached_bijections_around_block_in_compose_raise():
     assert torch.isfinite(td.log_prob(x)).all()
 
 
-@pytest.mark.parametrize("name", list(BLOCKS))
-def test_inverse_and_log_det_of_foreign_tensors_raise(name):
-    block = BLOCKS[name](potential=u)
+def test_inverse_and_log_det_of_foreign_tensors_raise(block_case):
+    block = make_block(block_case, potential=u)
     x = torch.randn(10, D)
     y = block(x)
     with pytest.raises(NotImplementedError, match="no inverse"):
@@ -151,7 +157,7 @@ def test_inverse_and_log_det_of_foreign_tensors_raise(name):
         block.log_abs_det_jacobian(x, y.clone())
     with pytest.raises(NotImplementedError, match="path term of a pair it produced"):
         block.log_abs_det_jacobian(x.clone(), y)
-    fresh = BLOCKS[name](potential=u)
+    fresh = make_block(block_case, potential=u)
     with pytest.raises(NotImplementedError):
         fresh.inv(y)
     with pytest.raises(NotImplementedError):
@@ -167,19 +173,17 @@ def test_transformed_distribution_scores_only_its_last_sample():
         td.log_prob(x1)
 
 
-@pytest.mark.parametrize("name", list(BLOCKS))
-def test_block_without_potential_as_transform_raises(name):
-    block = BLOCKS[name]()
+def test_block_without_potential_as_transform_raises(block_case):
+    block = make_block(block_case)
     with pytest.raises(ValueError, match="potential="):
         block(torch.randn(5, D))
-    annealed = BLOCKS[name](potential=u, beta=0.5)  # beta < 1 but no base_potential
+    annealed = make_block(block_case, potential=u, beta=0.5)  # beta < 1 but no base_potential
     with pytest.raises(ValueError, match="base_potential"):
         annealed(torch.randn(5, D))
 
 
-@pytest.mark.parametrize("name", list(BLOCKS))
-def test_block_is_a_non_bijective_transform_module(name):
-    block = BLOCKS[name](potential=u)
+def test_block_is_a_non_bijective_transform_module(block_case):
+    block = make_block(block_case, potential=u)
     assert isinstance(block, TransformModule) and isinstance(block, torch.nn.Module)
     assert block.bijective is False
     assert block.domain.event_dim == 1 and block.codomain.event_dim == 1
@@ -187,9 +191,9 @@ def test_block_is_a_non_bijective_transform_module(name):
 
 
 @pytest.mark.parametrize("learn", [False, True])
-@pytest.mark.parametrize("name", list(BLOCKS))
-def test_blocks_register_with_pyro_module(name, learn):
-    block = BLOCKS[name](potential=u, base_potential=u0, beta=0.5, learn_step_size=learn, learn_beta=learn)
+def test_blocks_register_with_pyro_module(block_case, learn):
+    block = make_block(block_case, potential=u, base_potential=u0, beta=0.5, learn_step_size=learn,
+                       learn_beta=learn)
     pyro.module("blk", block)
     names = set(pyro.get_param_store().keys())
     if learn:

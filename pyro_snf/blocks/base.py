@@ -10,15 +10,15 @@ A stochastic block maps ``x`` to ``y`` by a random transition targeting the anne
 so that an SNF sample has importance log-weight ``-u(x_T) - log q_0(z) + sum_t dS_t``.
 Every block here uses its own kernel as the backward kernel (``qhat = q``), which makes
 ``backward_step`` generic: running the block forward from ``y`` draws the backward move ``x`` and
-the pair's term is minus the run's term.
+the pair's term is minus the run's term (:func:`pyro_snf.path.backward_path` does the same).
 
 Blocks are Pyro :class:`~pyro.distributions.torch_transform.TransformModule` objects with
 ``bijective = False``: they register with ``pyro.module`` and compose in a
-``ComposeTransformModule``. The SNF engine calls :meth:`StochasticBlock.forward_step` (value and
-path term together) and never relies on caches. Used as a plain transform (``block(x)``), a block
-needs its potentials given at construction and keeps one identity-keyed record ``(x, y, dS)`` of
-its last call: ``inv(y)`` and ``log_abs_det_jacobian(x, y)`` answer for that pair only and raise a
-clear error for anything else. This is exactly what
+``ComposeTransformModule``. The SNF engine calls :meth:`StochasticBlock.step` (value, path term
+and the call's :class:`BlockInfo` together) and never relies on caches. Used as a plain transform
+(``block(x)``), a block needs its potentials given at construction and keeps one identity-keyed
+record ``(x, y, dS)`` of its last call: ``inv(y)`` and ``log_abs_det_jacobian(x, y)`` answer for
+that pair only and raise a clear error for anything else. This is exactly what
 :class:`torch.distributions.TransformedDistribution` needs to return the path log-density of its
 own samples (use Pyro's bijections, which are cached by default).
 """
@@ -27,28 +27,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import ClassVar
 
 import torch
 from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from pyro_snf.blocks.kernels import BlockInfo, BlockStep
 from pyro_snf.energy import AnnealedEnergy, Potential
 
-
-class BlockInfo(NamedTuple):
-    """Statistics of a block's last call (0-d tensors; read them with ``float()``/``int()``).
-
-    ``acceptance_rate``: fraction of accepted proposals (1 for unadjusted dynamics);
-    ``num_nonfinite``: proposals or states whose energy or force was NaN/inf (rejected, or
-    for unadjusted dynamics the particle is frozen);
-    ``num_dead``: particles whose path term is ``-inf`` (zero importance weight).
-    """
-
-    acceptance_rate: Tensor
-    num_nonfinite: Tensor
-    num_dead: Tensor
+__all__ = ["BlockInfo", "BlockStep", "StochasticBlock"]
 
 
 def _positive(name: str, value: float) -> float:
@@ -69,13 +58,14 @@ class StochasticBlock(TransformModule):
         into ``[1e-3, 1 - 1e-3]`` so that the logit is finite).
     :param detach_forces: treat forces as constants in the backward pass (weights stay exact,
         the gradient drops the force terms and is biased; see :mod:`pyro_snf.energy`).
-    :param adapt_step_size: adapt ``step_size`` toward ``target_accept`` while training: after
-        every call made in training mode with gradients enabled (an SVI or optimiser step, not
-        :func:`~pyro_snf.infer.importance.importance_sample`, which runs under ``no_grad``),
-        ``log step_size += adapt_rate * (acceptance - target_accept)``. Each call runs with one
-        fixed kernel, so every weight stays exact; it replaces gradient learning of the step
-        (which can stall: a tiny step accepts everything and moves nothing), so it excludes
-        ``learn_step_size``. Call ``.eval()`` to freeze the step.
+    :param adapt_step_size: the step size is tuned by adaptation toward ``target_accept`` rather
+        than learned (only for ``metropolis_adjusted`` blocks). Adaptation happens inside
+        :meth:`adapting` only (``with block.adapting(): optimiser steps``, or forward passes under
+        ``no_grad`` as a warmup): after every call there,
+        ``log step_size += adapt_rate * (acceptance - target_accept)``; outside it no call changes
+        the step. Each call runs with one fixed kernel, so every weight stays exact; it replaces
+        gradient learning of the step (which can stall: a tiny step accepts everything and moves
+        nothing), so it excludes ``learn_step_size``.
     :param target_accept: acceptance rate to adapt toward (default: the class's
         ``default_target_accept``: 0.234 random-walk Metropolis, 0.574 MALA, 0.651 HMC, the
         asymptotically optimal rates).
@@ -89,8 +79,10 @@ class StochasticBlock(TransformModule):
     codomain = constraints.real_vector
     sign = 1
     __repr__ = nn.Module.__repr__
-    #: acceptance rate that ``adapt_step_size`` aims for; None: the block always accepts.
-    default_target_accept: float | None = None
+    #: whether the kernel has a Metropolis accept test (only then can its step size be adapted).
+    metropolis_adjusted: ClassVar[bool] = False
+    #: acceptance rate that ``adapt_step_size`` aims for by default (None: not adaptable).
+    default_target_accept: ClassVar[float | None] = None
 
     def __init__(
         self,
@@ -129,6 +121,8 @@ class StochasticBlock(TransformModule):
         self._fixed_beta: float | None = None if learn_beta else beta
         clipped = min(max(beta, 1e-3), 1.0 - 1e-3)
         self.beta_logit = nn.Parameter(torch.tensor(clipped).logit()) if learn_beta else None
+        #: statistics of this block's most recent call, for inspection only; nothing reads it while
+        #: sampling (:meth:`step` returns them; flows collect them per draw).
         self.last_info: BlockInfo | None = None
         self._adapt_now = False
         self._record: tuple[Tensor, Tensor, Tensor] | None = None
@@ -162,8 +156,9 @@ class StochasticBlock(TransformModule):
 
     @contextmanager
     def adapting(self) -> Iterator[StochasticBlock]:
-        """Within this context every call adapts the step size (``adapt_step_size`` must be set),
-        also under ``torch.no_grad()``: a cheap tuning phase of forward passes only, like an MCMC
+        """Within this context, and only there, every call adapts the step size
+        (``adapt_step_size`` must be set): around optimiser steps (``with block.adapting(): ...``)
+        or, under ``torch.no_grad()``, as a cheap tuning phase of forward passes only, like an MCMC
         warmup (:meth:`pyro_snf.infer.AutoSNF.adapt_step_sizes` uses it)."""
         if not self.adapt_step_size:
             raise ValueError(f"{type(self).__name__} was built without adapt_step_size=True")
@@ -174,22 +169,29 @@ class StochasticBlock(TransformModule):
             self._adapt_now = previous
 
     # -- the engine interface ----------------------------------------------------------------
-    def transition(self, x: Tensor, energy: AnnealedEnergy) -> tuple[Tensor, Tensor, BlockInfo]:
+    def transition(self, x: Tensor, energy: AnnealedEnergy) -> BlockStep:
         """Run ``num_steps`` steps from ``x``; return ``(y, dS, info)``. Implemented by subclasses."""
         raise NotImplementedError
 
-    def forward_step(
-        self, x: Tensor, potential: Potential, base_potential: Potential | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Draw ``y ~ q(x -> .)``; return ``(y, dS)`` with ``dS = log qhat(y->x) - log q(x->y)``."""
+    def step(self, x: Tensor, potential: Potential, base_potential: Potential | None = None) -> BlockStep:
+        """Draw ``y ~ q(x -> .)``; return ``BlockStep(y, dS, info)`` with
+        ``dS = log qhat(y->x) - log q(x->y)`` and the call's statistics. Inside :meth:`adapting`
+        the step size then adapts to the call's acceptance rate."""
         if x.dim() < 1:
             raise ValueError(f"{type(self).__name__} expects inputs of shape (..., D), got a scalar")
         y, dS, info = self.transition(x, self.energy(potential, base_potential, x))
         self.last_info = info
-        if self.adapt_step_size and (self._adapt_now or (self.training and torch.is_grad_enabled())):
+        if self._adapt_now:
             with torch.no_grad():  # in place on a buffer: no host sync, no graph
                 rate = info.acceptance_rate.to(self.log_step_size.dtype)
                 self.log_step_size.add_(self.adapt_rate * (rate - self.target_accept))
+        return BlockStep(y, dS, info)
+
+    def forward_step(
+        self, x: Tensor, potential: Potential, base_potential: Potential | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``y ~ q(x -> .)``; return ``(y, dS)`` (:meth:`step` without the statistics)."""
+        y, dS, _ = self.step(x, potential, base_potential)
         return y, dS
 
     def backward_step(
@@ -262,36 +264,12 @@ def _adaptation(block: StochasticBlock, adapt: bool, learn: bool, target: float 
     if learn:
         raise ValueError(f"{name}: adapt_step_size and learn_step_size both set the step size; choose one "
                          "(adaptation toward target_accept is the robust default)")
-    if target is None:
+    if not block.metropolis_adjusted:
         raise ValueError(f"{name} accepts every move (no Metropolis test), so its step size cannot be "
                          "adapted to an acceptance rate: set adapt_step_size=False, or learn_step_size=True")
+    if target is None:
+        raise ValueError(f"{name} has no default_target_accept: pass target_accept=")
     if not 0.0 < target < 1.0:
         raise ValueError(f"target_accept must lie in (0, 1), got {target}")
     return target, _positive("adapt_rate", rate)
 
-
-def where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``a`` where ``mask`` (shape ``batch``) else ``b`` (shape ``batch + (D,)``)."""
-    return torch.where(mask.unsqueeze(-1), a, b)
-
-
-def make_info(accepted: Tensor, nonfinite: Tensor, dead: Tensor, num_proposals: int,
-              dtype: torch.dtype) -> BlockInfo:
-    """Build a :class:`BlockInfo` from per-particle counts without a host sync; the acceptance
-    rate has the floating ``dtype`` of the particles."""
-    n = max(dead.numel(), 1) * num_proposals
-    return BlockInfo(
-        acceptance_rate=accepted.sum().to(dtype) / n,
-        num_nonfinite=nonfinite.sum(),
-        num_dead=dead.sum(),
-    )
-
-
-def log_uniform_like(u: Tensor) -> Tensor:
-    """``log U`` with ``U ~ Uniform(0, 1)`` per particle, on ``u``'s device and dtype."""
-    return torch.rand_like(u, dtype=u.dtype).log()
-
-
-def kill(dS: Tensor, dead: Tensor) -> Tensor:
-    """Path term ``-inf`` (weight zero) for dead particles, never NaN."""
-    return torch.where(dead, torch.full_like(dS, -float("inf")), dS)

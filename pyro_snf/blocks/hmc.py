@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pyro_snf.blocks.base import BlockInfo, StochasticBlock, kill, log_uniform_like, make_info, where_rows
+from pyro_snf.blocks.base import StochasticBlock
+from pyro_snf.blocks.kernels import BlockStep, ChainState, Proposal, metropolis_hastings
 from pyro_snf.energy import AnnealedEnergy, finite_rows
 
 
@@ -30,6 +31,7 @@ class HMCBlock(StochasticBlock):
         True
     """
 
+    metropolis_adjusted = True
     default_target_accept = 0.651
 
     def __init__(self, step_size: float = 0.1, num_steps: int = 1, beta: float = 1.0, *,
@@ -39,17 +41,13 @@ class HMCBlock(StochasticBlock):
             raise ValueError(f"num_leapfrog_steps must be an integer >= 1, got {num_leapfrog_steps}")
         self.num_leapfrog_steps = int(num_leapfrog_steps)
 
-    def transition(self, x: Tensor, energy: AnnealedEnergy) -> tuple[Tensor, Tensor, BlockInfo]:
+    def transition(self, x: Tensor, energy: AnnealedEnergy) -> BlockStep:
         eps = self.step_size_like(x)
-        u, g = energy.value_and_grad(x)
-        u_in = u
-        dead = ~finite_rows(u, g)
-        accepted = torch.zeros_like(dead, dtype=torch.long)
-        nonfinite = dead.long()
-        for _ in range(self.num_steps):
-            p = torch.randn_like(x)
-            h_start = u + 0.5 * p.pow(2).sum(-1)
-            x_new, u_new, g_new = x, u, g
+
+        def propose(state: ChainState) -> Proposal:
+            p = torch.randn_like(state.x)
+            h_start = state.u + 0.5 * p.pow(2).sum(-1)
+            x_new, u_new, g_new = state.x, state.u, state.g
             p = p - 0.5 * eps * g_new
             for leap in range(self.num_leapfrog_steps):
                 x_new = x_new + eps * p
@@ -58,13 +56,9 @@ class HMCBlock(StochasticBlock):
                 p = p - (0.5 if last else 1.0) * eps * g_new
             ok = finite_rows(u_new, g_new) & torch.isfinite(p).all(-1)
             h_end = u_new + 0.5 * p.pow(2).sum(-1)
-            accept = ok & ~dead & (log_uniform_like(u) < h_start - h_end)
-            x = where_rows(accept, x_new, x)
-            u = torch.where(accept, u_new, u)
-            g = where_rows(accept, g_new, g)
-            accepted = accepted + accept
-            nonfinite = nonfinite + ~ok
-        return x, kill(u - u_in, dead), make_info(accepted, nonfinite, dead, self.num_steps, x.dtype)
+            return Proposal(x_new, u_new, g_new, ok, h_start - h_end)
+
+        return metropolis_hastings(x, energy, self.num_steps, propose, with_force=True)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", num_leapfrog_steps={self.num_leapfrog_steps}"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pyro_snf.blocks.base import BlockInfo, StochasticBlock, kill, make_info, where_rows
+from pyro_snf.blocks.base import StochasticBlock
+from pyro_snf.blocks.kernels import BlockStep, energy_and_force, freeze_dead, unadjusted_result
 from pyro_snf.energy import AnnealedEnergy, finite_rows
 
 
@@ -34,32 +35,19 @@ class LangevinBlock(StochasticBlock):
         True
     """
 
-    def transition(self, x: Tensor, energy: AnnealedEnergy) -> tuple[Tensor, Tensor, BlockInfo]:
+    def transition(self, x: Tensor, energy: AnnealedEnergy) -> BlockStep:
         eps = self.step_size_like(x)
         noise_scale = (2.0 * eps).sqrt()
-        u, g = energy.value_and_grad(x)
-        dead = ~finite_rows(u, g)
+        u, g, dead = energy_and_force(x, energy)
         nonfinite = dead.long()
         dS = torch.zeros_like(u)
         for _ in range(self.num_steps):
             xi = torch.randn_like(x)
             y = x - eps * g + noise_scale * xi
             u_y, g_y = energy.value_and_grad(y)
-            ok = finite_rows(u_y, g_y)
             xi_back = (x - y + eps * g_y) / noise_scale
             dS = dS + 0.5 * (xi.pow(2).sum(-1) - xi_back.pow(2).sum(-1))
-            nonfinite = nonfinite + (~ok & ~dead)
-            dead = dead | ~ok
-            x = where_rows(dead, x, y)
-            g = where_rows(dead, g, g_y)
-        info = make_info(torch.full_like(nonfinite, self.num_steps), nonfinite, dead, self.num_steps, x.dtype)
-        return x, kill(dS, dead), info
-
-
-def gaussian_log_ratio(x: Tensor, y: Tensor, g_x: Tensor, g_y: Tensor, eps: Tensor) -> Tensor:
-    """``log q(y -> x) - log q(x -> y)`` for the Langevin proposal ``N(x - eps g_x, 2 eps I)``."""
-    fwd = (y - x + eps * g_x).pow(2).sum(-1)
-    bwd = (x - y + eps * g_y).pow(2).sum(-1)
-    return (fwd - bwd) / (4.0 * eps)
+            dead, nonfinite, (x, g) = freeze_dead(finite_rows(u_y, g_y), dead, nonfinite, (x, g), (y, g_y))
+        return unadjusted_result(x, dS, dead, nonfinite, self.num_steps)
 
 

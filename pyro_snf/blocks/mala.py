@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pyro_snf.blocks.base import BlockInfo, StochasticBlock, kill, log_uniform_like, make_info, where_rows
-from pyro_snf.blocks.langevin import gaussian_log_ratio
+from pyro_snf.blocks.base import StochasticBlock
+from pyro_snf.blocks.kernels import BlockStep, ChainState, Proposal, gaussian_log_ratio, metropolis_hastings
 from pyro_snf.energy import AnnealedEnergy, finite_rows
 
 
@@ -34,25 +34,18 @@ class MALABlock(StochasticBlock):
         True
     """
 
+    metropolis_adjusted = True
     default_target_accept = 0.574
 
-    def transition(self, x: Tensor, energy: AnnealedEnergy) -> tuple[Tensor, Tensor, BlockInfo]:
+    def transition(self, x: Tensor, energy: AnnealedEnergy) -> BlockStep:
         eps = self.step_size_like(x)
         noise_scale = (2.0 * eps).sqrt()
-        u, g = energy.value_and_grad(x)
-        u_in = u
-        dead = ~finite_rows(u, g)
-        accepted = torch.zeros_like(dead, dtype=torch.long)
-        nonfinite = dead.long()
-        for _ in range(self.num_steps):
+
+        def propose(state: ChainState) -> Proposal:
+            x, u, g = state.x, state.u, state.g
             proposal = x - eps * g + noise_scale * torch.randn_like(x)
             u_prop, g_prop = energy.value_and_grad(proposal)
-            ok = finite_rows(u_prop, g_prop)
             log_alpha = u - u_prop + gaussian_log_ratio(x, proposal, g, g_prop, eps)
-            accept = ok & ~dead & (log_uniform_like(u) < log_alpha)
-            x = where_rows(accept, proposal, x)
-            u = torch.where(accept, u_prop, u)
-            g = where_rows(accept, g_prop, g)
-            accepted = accepted + accept
-            nonfinite = nonfinite + ~ok
-        return x, kill(u - u_in, dead), make_info(accepted, nonfinite, dead, self.num_steps, x.dtype)
+            return Proposal(proposal, u_prop, g_prop, finite_rows(u_prop, g_prop), log_alpha)
+
+        return metropolis_hastings(x, energy, self.num_steps, propose, with_force=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pyro_snf.blocks.base import BlockInfo, StochasticBlock, kill, log_uniform_like, make_info, where_rows
+from pyro_snf.blocks.base import StochasticBlock
+from pyro_snf.blocks.kernels import BlockStep, ChainState, Proposal, metropolis_hastings
 from pyro_snf.energy import AnnealedEnergy
 
 
@@ -32,23 +33,15 @@ class MetropolisBlock(StochasticBlock):
         (torch.Size([100, 2]), torch.Size([100]), True)
     """
 
+    metropolis_adjusted = True
     default_target_accept = 0.234
 
-    def transition(self, x: Tensor, energy: AnnealedEnergy) -> tuple[Tensor, Tensor, BlockInfo]:
+    def transition(self, x: Tensor, energy: AnnealedEnergy) -> BlockStep:
         step = self.step_size_like(x)
-        u = energy(x)
-        u_in = u
-        dead = ~torch.isfinite(u)
-        accepted = torch.zeros_like(dead, dtype=torch.long)
-        nonfinite = dead.long()
-        for _ in range(self.num_steps):
-            proposal = x + step * torch.randn_like(x)
+
+        def propose(state: ChainState) -> Proposal:
+            proposal = state.x + step * torch.randn_like(state.x)
             u_prop = energy(proposal)
-            finite = torch.isfinite(u_prop)
-            accept = finite & ~dead & (log_uniform_like(u) < u - u_prop)
-            x = where_rows(accept, proposal, x)
-            u = torch.where(accept, u_prop, u)
-            accepted = accepted + accept
-            nonfinite = nonfinite + ~finite
-        dS = kill(u - u_in, dead)
-        return x, dS, make_info(accepted, nonfinite, dead, self.num_steps, x.dtype)
+            return Proposal(proposal, u_prop, None, torch.isfinite(u_prop), state.u - u_prop)
+
+        return metropolis_hastings(x, energy, self.num_steps, propose, with_force=False)

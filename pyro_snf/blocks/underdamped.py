@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pyro_snf.blocks.base import BlockInfo, StochasticBlock, kill, make_info, where_rows
+from pyro_snf.blocks.base import StochasticBlock
+from pyro_snf.blocks.kernels import BlockStep, energy_and_force, freeze_dead, unadjusted_result
 from pyro_snf.energy import AnnealedEnergy, finite_rows
 
 
@@ -46,12 +47,11 @@ class UnderdampedLangevinBlock(StochasticBlock):
             raise ValueError(f"friction must be > 0, got {friction}")
         self.friction = float(friction)
 
-    def transition(self, x: Tensor, energy: AnnealedEnergy) -> tuple[Tensor, Tensor, BlockInfo]:
+    def transition(self, x: Tensor, energy: AnnealedEnergy) -> BlockStep:
         eps = self.step_size_like(x)
         a = torch.exp(-self.friction * eps / 2)
         noise_scale = (1.0 - a * a).sqrt()
-        u, g = energy.value_and_grad(x)
-        dead = ~finite_rows(u, g)
+        u, g, dead = energy_and_force(x, energy)
         nonfinite = dead.long()
         v = torch.randn_like(x)
         dS = torch.zeros_like(u)
@@ -65,17 +65,11 @@ class UnderdampedLangevinBlock(StochasticBlock):
             v_half, dS_half = kick(v, g, dS)
             y = x + eps * v_half
             u_y, g_y = energy.value_and_grad(y)
-            ok = finite_rows(u_y, g_y)
             v_full, dS_full = kick(v_half, g_y, dS_half)
-            nonfinite = nonfinite + (~ok & ~dead)
-            dead = dead | ~ok
-            x = where_rows(dead, x, y)
-            g = where_rows(dead, g, g_y)
-            v = where_rows(dead, v, v_full)
-            dS = torch.where(dead, dS, dS_full)
+            dead, nonfinite, (x, g, v, dS) = freeze_dead(finite_rows(u_y, g_y), dead, nonfinite,
+                                                         (x, g, v, dS), (y, g_y, v_full, dS_full))
             v = a * v + noise_scale * torch.randn_like(x)
-        info = make_info(torch.full_like(nonfinite, self.num_steps), nonfinite, dead, self.num_steps, x.dtype)
-        return x, kill(dS, dead), info
+        return unadjusted_result(x, dS, dead, nonfinite, self.num_steps)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", friction={self.friction:.4g}"

@@ -8,14 +8,18 @@ from pyro_snf.diagnostics.arviz_compat import (
     khat_verdict,
     psis_khat,
 )
-from pyro_snf.diagnostics.plots import plot_marginals, plot_weights
+from pyro_snf.diagnostics.free_energy import histogram_profile, profile_error
+from pyro_snf.diagnostics.plots import WeightedDraws, plot_marginals, plot_weights
 
 __all__ = [
     "KHAT_THRESHOLD",
+    "WeightedDraws",
     "arviz_major_version",
     "from_dict",
+    "histogram_profile",
     "khat_verdict",
     "plot_marginals",
     "plot_weights",
+    "profile_error",
     "psis_khat",
 ]

@@ -12,11 +12,13 @@ in ``(-2.25, 2.25)`` where ``F̄`` is finite,
 - ``error = sqrt(bias^2 + std^2)``.
 
 The exact profile is the bin average ``-log(∫_b p(x1) dx1 / width)`` (not the energy at the bin
-centre), so a perfect sampler has zero bias at any bin width.
+centre), so a perfect sampler has zero bias at any bin width (for the double well:
+:func:`pyro_snf.examples.double_well.exact_double_well_profile`).
 
 Example::
 
     >>> import torch
+    >>> from pyro_snf.examples.double_well import exact_double_well_profile
     >>> from pyro_snf.targets import DoubleWell
     >>> _ = torch.manual_seed(0)
     >>> edges = torch.linspace(-3, 3, 31, dtype=torch.float64)
@@ -31,8 +33,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-from pyro_snf.targets.double_well import LOG_Z_1D, double_well_x1_energy
 
 
 def histogram_profile(values: Tensor, edges: Tensor, log_weights: Tensor | None = None) -> Tensor:
@@ -49,17 +49,6 @@ def histogram_profile(values: Tensor, edges: Tensor, log_weights: Tensor | None 
     mass = torch.zeros(edges.numel() - 1, dtype=torch.float64).index_add_(0, idx[inside], weights[inside])
     density = mass / (weights.sum() * (edges[1:] - edges[:-1]))
     return -density.log()
-
-
-def exact_double_well_profile(edges: Tensor, grid_per_bin: int = 2001) -> Tensor:
-    """Exact bin-averaged free energy of ``x1`` under the double well."""
-    edges = edges.to(torch.float64).cpu()
-    out = []
-    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
-        x = torch.linspace(lo, hi, grid_per_bin, dtype=torch.float64)
-        p = torch.exp(-double_well_x1_energy(x) - LOG_Z_1D)
-        out.append(-torch.log(torch.trapezoid(p, x) / (hi - lo)))
-    return torch.stack(out)
 
 
 def profile_error(profiles: Tensor, exact: Tensor, edges: Tensor,

@@ -1,4 +1,4 @@
-"""Small real data sets for benchmarks and tutorials, shipped in ``pyro_snf/data/``.
+"""Small real data sets for benchmarks and tutorials, shipped in ``pyro_snf/examples/data/``.
 
 - Bayesian logistic regression (UCI, CC BY 4.0; see ``data/README.md``): ``ionosphere`` (D = 35),
   ``sonar`` (D = 61), ``german`` (D = 25). :func:`load_logistic` standardises every feature to mean 0,
@@ -7,7 +7,7 @@
 - Eight schools (posteriordb, BSD-3-Clause): :func:`eight_schools`.
 
 :data:`REFERENCE_LOG_EVIDENCE` maps each data set to ``(log p(y), standard error)`` for the models
-of :mod:`pyro_snf.models`: for logistic regression from two independent estimators (multivariate-t
+of :mod:`pyro_snf.examples.models`: for logistic regression from two independent estimators (multivariate-t
 importance sampling with 10^6 draws and adaptive tempered SMC with 8192 particles, see
 ``data/README.md``), for eight schools exact up to quadrature error (:func:`eight_schools_log_evidence`).
 
@@ -42,7 +42,7 @@ REFERENCE_LOG_EVIDENCE: dict[str, tuple[float, float]] = {
 
 
 def _read(name: str) -> str:
-    return resources.files("pyro_snf").joinpath("data", name).read_text(encoding="utf-8")
+    return resources.files("pyro_snf.examples").joinpath("data", name).read_text(encoding="utf-8")
 
 
 def load_logistic(name: str, dtype: torch.dtype | None = None,
@@ -71,7 +71,7 @@ def eight_schools(dtype: torch.dtype | None = None, device: torch.device | str =
 
 
 def eight_schools_log_evidence(num_points: int = 20_001) -> float:
-    """Exact ``log p(y)`` of :func:`pyro_snf.models.eight_schools_noncentered` by quadrature.
+    """Exact ``log p(y)`` of :func:`pyro_snf.examples.models.eight_schools_noncentered` by quadrature.
 
     ``theta`` and ``mu`` integrate out analytically (``y ~ N(0, diag(tau^2 + sigma^2) + 25)``);
     ``tau = 5 tan(phi)`` maps the half-Cauchy(5) prior to ``Uniform(0, pi/2)``, integrated by the

@@ -1,8 +1,9 @@
 """``python -m pyro_snf demo``: a plain flow vs an SNF on the paper's double well.
 
 Trains RealNVP and RealNVP + Metropolis blocks with the paper's protocol
-(:mod:`pyro_snf.double_well_study`), prints a table of real measurements and writes two PNG
-figures (samples; free-energy profiles against the exact one) into ``--out``.
+(:mod:`pyro_snf.examples.double_well`), prints a table of real measurements and writes two PNG
+figures (samples; free-energy profiles against the exact one) into ``--out``. The figures are
+:class:`matplotlib.figure.Figure` objects saved directly: no pyplot, no backend is selected.
 """
 
 from __future__ import annotations
@@ -10,16 +11,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from pyro_snf.architectures import paper_double_well_snf  # noqa: E402
-from pyro_snf.double_well_study import EDGES, evaluate, train_paper_protocol  # noqa: E402
-from pyro_snf.free_energy import exact_double_well_profile, histogram_profile  # noqa: E402
-from pyro_snf.targets import DoubleWell  # noqa: E402
+from pyro_snf.architectures import paper_double_well_snf
+from pyro_snf.examples.double_well import (
+    EDGES,
+    evaluate,
+    exact_double_well_profile,
+    free_energy_profile,
+    train_paper_protocol,
+)
+from pyro_snf.targets import DoubleWell
 
 MODELS = {"RealNVP": "rnvp", "SNF (RealNVP + Metropolis)": "snf"}
 
@@ -42,25 +46,26 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
 
 def _figures(out: Path, samples: dict, target: DoubleWell) -> list[Path]:
     exact_x = target.sample(100_000)
-    fig, axes = plt.subplots(1, len(samples) + 1, figsize=(4 * (len(samples) + 1), 3.6), sharey=True)
+    fig = Figure(figsize=(4 * (len(samples) + 1), 3.6))
+    axes = fig.subplots(1, len(samples) + 1, sharey=True)
     for ax, (name, (x, _)) in zip(axes, [("exact", (exact_x, None)), *samples.items()]):
         ax.hist2d(x[:, 0].numpy(), x[:, 1].numpy(), bins=100, range=[[-3, 3], [-4, 4]], cmap="viridis",
-                  norm=matplotlib.colors.LogNorm())
+                  norm=LogNorm())
         ax.set_title(f"{name} (unweighted)", fontsize=10)
         ax.set_xlabel("$x_1$")
     axes[0].set_ylabel("$x_2$")
     fig.tight_layout()
     paths = [out / "double_well_samples.png"]
     fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
 
     centres = 0.5 * (EDGES[1:] + EDGES[:-1])
     exact = exact_double_well_profile(EDGES)
-    fig, axes = plt.subplots(1, len(samples), figsize=(4.5 * len(samples), 3.6), sharey=True)
+    fig = Figure(figsize=(4.5 * len(samples), 3.6))
+    axes = fig.subplots(1, len(samples), sharey=True)
     for ax, (name, (x, log_w)) in zip(axes, samples.items()):
         ax.plot(centres, exact - exact.min(), "k-", lw=3, label="exact")
         for label, lw, style in [("unweighted", None, "r-o"), ("reweighted", log_w, "g-s")]:
-            f = histogram_profile(x[:, 0], EDGES, lw)
+            f = free_energy_profile(x, lw)
             ax.plot(centres, f - f[torch.isfinite(f)].min(), style, ms=3, label=label)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("$x_1$")
@@ -70,7 +75,6 @@ def _figures(out: Path, samples: dict, target: DoubleWell) -> list[Path]:
     fig.tight_layout()
     paths.append(out / "double_well_free_energy.png")
     fig.savefig(paths[1], dpi=110)
-    plt.close(fig)
     return paths
 
 

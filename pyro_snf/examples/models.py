@@ -1,4 +1,4 @@
-"""Small Pyro models for benchmarks and tutorials (data: :mod:`pyro_snf.datasets`).
+"""Small Pyro models for benchmarks and tutorials (data: :mod:`pyro_snf.examples.datasets`).
 
 Both are written to vectorise under an outer ``pyro.plate`` (particles left of the model's plates),
 as :func:`pyro_snf.infer.importance.importance_sample`, ``AutoSNF`` and Pyro's
@@ -8,7 +8,7 @@ Example::
 
     >>> import pyro
     >>> from pyro import poutine
-    >>> from pyro_snf.datasets import eight_schools, load_logistic
+    >>> from pyro_snf.examples.datasets import eight_schools, load_logistic
     >>> X, y = load_logistic("german")
     >>> trace = poutine.trace(logistic_regression).get_trace(X, y)
     >>> tuple(trace.nodes["w"]["value"].shape)
@@ -30,7 +30,7 @@ def logistic_regression(X: Tensor, y: Tensor | None = None) -> Tensor:
     """Bayesian logistic regression: ``w ~ N(0, I_D)``, ``y_i ~ Bernoulli(logits = x_i . w)``.
 
     :param X: design matrix ``(n, D)``, intercept column included (see
-        :func:`pyro_snf.datasets.load_logistic`).
+        :func:`pyro_snf.examples.datasets.load_logistic`).
     :param y: labels in ``{0, 1}``, shape ``(n,)``; ``None`` samples them.
     """
     n, d = X.shape

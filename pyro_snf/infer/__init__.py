@@ -1,19 +1,16 @@
 """Pyro inference with SNFs: the ``AutoSNF`` autoguide, the vectorised model potential, and
 importance sampling with log evidence, ESS and PSIS k-hat for any guide."""
 
-from pyro_snf.infer.autoguide import Affine, AutoSNF, PulledBackBlock, make_flow
+from pyro_snf.infer.autoguide import AutoSNF
 from pyro_snf.infer.importance import importance_sample
 from pyro_snf.infer.potential import LatentSite, ModelPotential, latent_sites
 from pyro_snf.infer.result import ImportanceResult
 
 __all__ = [
-    "Affine",
     "AutoSNF",
     "ImportanceResult",
     "LatentSite",
     "ModelPotential",
-    "PulledBackBlock",
     "importance_sample",
     "latent_sites",
-    "make_flow",
 ]
