@@ -40,7 +40,7 @@ class EnergyConfig:
     flow_scale: float | None = None
     #: zero the coupling networks' output layers, so that the untrained SNF is its AIS
     identity_init: bool = True
-    num_flow_blocks: int = 3
+    num_stages: int = 3
     num_couplings: int = 2
     hidden_dims: tuple[int, ...] = (64, 64)
     block: str = "metropolis"
@@ -121,7 +121,7 @@ def _double_well() -> EnergyConfig:
 def _gmm40() -> EnergyConfig:
     return EnergyConfig(
         key="gmm40", title="GMM, 40 modes (2-D)", make_target=GMM40, base_scale=20.0, flow_scale=20.0,
-        num_flow_blocks=4,
+        num_stages=4,
         block="metropolis", block_kwargs={"step_size": 1.5, "num_steps": 10, "learn_step_size": True},
         final_block=True, protocol="sis_ml", train_steps=400, batch_size=256, lr=1e-3, lr_final_factor=0.1,
         refresh_every=10, refresh_size=2048, num_chunks=10, chunk_size=10_000, reverse_kl_rows=True,
@@ -146,7 +146,7 @@ def _many_well(dim: int) -> EnergyConfig:
     protocol = "paper" if mala else "ml"
     return EnergyConfig(
         key=f"many_well_{dim}", title=f"Many-well ({dim}-D)", make_target=lambda: ManyWell(dim),
-        base_scale=1.0, num_flow_blocks=3, block="mala" if mala else "metropolis", block_kwargs=kwargs,
+        base_scale=1.0, num_stages=3, block="mala" if mala else "metropolis", block_kwargs=kwargs,
         identity_init=mala, prior_block=False, protocol=protocol, train_steps=steps, batch_size=256, lr=1e-3,
         lr_final_factor=0.1, num_chunks=10, chunk_size=20_000 if dim <= 8 else 5_000,
         nuts_samples=1000, nuts_warmup=300,
@@ -164,7 +164,7 @@ def _many_well(dim: int) -> EnergyConfig:
 def _funnel() -> EnergyConfig:
     return EnergyConfig(
         key="funnel_10", title="Neal's funnel (10-D)", make_target=lambda: NealFunnel(10), base_scale=1.0,
-        num_flow_blocks=3, block="hmc",
+        num_stages=3, block="hmc",
         block_kwargs={"step_size": 0.1, "num_steps": 2, "num_leapfrog_steps": 3, "learn_step_size": True},
         prior_block=False, protocol="paper", train_steps=1000, batch_size=256, lr=1e-3, lr_final_factor=0.1,
         num_chunks=10, chunk_size=20_000, nuts_samples=1000, nuts_warmup=300,

@@ -44,7 +44,7 @@ def base_dist(cfg: EnergyConfig, dim: int) -> dist.TorchDistribution:
 
 def build(cfg: EnergyConfig, potential: CountingPotential, variant: str) -> StochasticNormalizingFlow:
     """The SNF of ``cfg`` (``variant="snf"``), its flow alone (``"flow"``) or its blocks alone (``"ais"``)."""
-    kwargs = dict(num_flow_blocks=cfg.num_flow_blocks, num_couplings=cfg.num_couplings,
+    kwargs = dict(num_stages=cfg.num_stages, num_couplings=cfg.num_couplings,
                   hidden_dims=cfg.hidden_dims, block=cfg.block, block_kwargs=dict(cfg.block_kwargs),
                   betas=cfg.betas, prior_block=cfg.prior_block, final_block=cfg.final_block,
                   flow_scale=cfg.flow_scale)
@@ -101,7 +101,7 @@ def train_energy(snf: StochasticNormalizingFlow, cfg: EnergyConfig, potential: C
         with timer.running():
             if run.refresh:
                 data = resampled_draws(draw, cfg.refresh_size)
-            history = fit(snf, num_steps=run.stop - run.start, batch_size=cfg.batch_size,
+            history = fit(snf, num_iterations=run.stop - run.start, batch_size=cfg.batch_size,
                           kl_weight=run.kl_weight, ml_weight=run.ml_weight, data=data, optimizer=optimizer,
                           clip_grad_norm=cfg.clip_grad_norm, progress=False)
         skipped += history.num_skipped_steps

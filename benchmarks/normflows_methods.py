@@ -92,8 +92,8 @@ def build(cfg: EnergyConfig, potential: CountingPotential) -> nn.Module:
     target = _target(potential)
     base = nf.distributions.DiagGaussian(dim, trainable=False)
     base.log_scale.fill_(math.log(cfg.base_scale))
-    betas = cfg.betas or (torch.linspace(0, 1, cfg.num_flow_blocks).tolist()
-                          if cfg.num_flow_blocks > 1 else [1.0])
+    betas = cfg.betas or (torch.linspace(0, 1, cfg.num_stages).tolist()
+                          if cfg.num_stages > 1 else [1.0])
     half = dim // 2
     flows: list[nn.Module] = []
     for i, beta in enumerate(betas):

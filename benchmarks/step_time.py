@@ -31,8 +31,9 @@ def _pyro_snf_step(cfg: EnergyConfig, data: Tensor | None) -> tuple[Callable[[],
         data = resampled_draws(lambda n: snf.sample_and_log_weight((n,)), cfg.refresh_size)
 
     def step() -> None:
-        fit(snf, num_steps=1, batch_size=cfg.batch_size, kl_weight=last.kl_weight, ml_weight=last.ml_weight,
-            data=data, optimizer=optimizer, clip_grad_norm=cfg.clip_grad_norm, progress=False)
+        fit(snf, num_iterations=1, batch_size=cfg.batch_size, kl_weight=last.kl_weight,
+            ml_weight=last.ml_weight, data=data, optimizer=optimizer, clip_grad_norm=cfg.clip_grad_norm,
+            progress=False)
 
     return step, data
 

@@ -1,11 +1,12 @@
-"""Ready-made SNF architectures: flow blocks interleaved with stochastic blocks on a schedule.
+"""Ready-made SNF architectures: flow stages interleaved with stochastic blocks on a schedule.
 
 Two layouts, both with the annealing parameter rising linearly to 1
-(``betas = linspace(0, 1, num_flow_blocks)``):
+(``betas = linspace(0, 1, num_stages)``); a flow stage ``F`` is a group of bijections (e.g. two
+RealNVP couplings), a block ``B`` a stochastic block:
 
-- interleaved (default): a stochastic block at the prior, then flow blocks with a stochastic block
+- interleaved (default): a stochastic block at the prior, then flow stages with a stochastic block
   between consecutive ones, optionally one more at the target: ``B(0) F B(0.5) F B(1) F [B(1)]``;
-- ``blocks_after_flows=True``, the layout of the paper's released code: each flow block is followed
+- ``blocks_after_flows=True``, the layout of the paper's released code: each flow stage is followed
   by a stochastic block, optionally preceded by one at the prior: ``[B(0)] F B(0) F B(0.5) F B(1)``.
   The last block relaxes the flow's output at the target itself
   (``paper_double_well_snf(..., layout="after_flows")``).
@@ -24,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import pyro.distributions as dist
@@ -77,38 +79,44 @@ def annealed_blocks(block: str | type[StochasticBlock] | BlockFactory, num_block
     return [make(beta) for beta in betas]
 
 
-def snf_layers(input_dim: int, *, num_flow_blocks: int = 3, num_couplings: int = 2,
+def snf_layers(input_dim: int, *, num_stages: int = 3, num_couplings: int = 2,
                hidden_dims: Sequence[int] = (64, 64), flow: str | None = "real_nvp",
                block: str | BlockFactory | None = "metropolis", block_kwargs: dict | None = None,
                betas: Sequence[float] | None = None, prior_block: bool = True,
                final_block: bool = False, blocks_after_flows: bool = False,
-               flow_scale: float | None = None) -> list[Transform]:
+               flow_scale: float | None = None, num_flow_blocks: int | None = None) -> list[Transform]:
     """Layers ``[B(beta_0)] F_1 B(beta_1) F_2 ... F_K [B(1)]``, or with ``blocks_after_flows``
     ``[B(0)] F_1 B(beta_0) F_2 B(beta_1) ... F_K B(beta_K-1)``.
 
     :param flow: a key of :data:`pyro_snf.transforms.FLOWS` (``"real_nvp"``, ``"spline"``, ...), a
         callable ``dim -> Transform(s)``, or ``None`` (no flow: annealed importance sampling with
-        ``num_flow_blocks`` stochastic blocks).
+        ``num_stages`` stochastic blocks).
     :param block: a key of :data:`pyro_snf.blocks.BLOCKS`, a block class, a callable
         ``beta -> block``, or ``None`` (plain flow).
     :param block_kwargs: keyword arguments of the block class (``step_size``, ``num_steps``, ...).
-    :param betas: one annealing value per flow block (default ``linspace(0, 1, num_flow_blocks)``).
-    :param prior_block: put the first block before the first flow block (at the prior).
-    :param final_block: add a block at ``beta = 1`` after the last flow block (interleaved layout).
+    :param num_stages: number of flow stages ``F`` (``num_flow_blocks``, its old name, still works with a
+        ``DeprecationWarning``).
+    :param num_couplings: couplings per flow stage.
+    :param betas: one annealing value per flow stage (default ``linspace(0, 1, num_stages)``).
+    :param prior_block: put the first block before the first flow stage (at the prior).
+    :param final_block: add a block at ``beta = 1`` after the last flow stage (interleaved layout).
     :param blocks_after_flows: the released code's layout (see module doc); ``prior_block`` then adds
-        a block at ``beta = 0`` before the first flow block.
-    :param flow_scale: the target's length scale, when far from 1: each flow block then acts on
+        a block at ``beta = 0`` before the first flow stage.
+    :param flow_scale: the target's length scale, when far from 1: each flow stage then acts on
         ``x / flow_scale`` (a fixed ``AffineTransform`` before it and its inverse after it; their
         log-determinants cancel), so that the coupling networks see inputs of order 1, while the
         stochastic blocks still act in the target's own coordinates.
     """
+    if num_flow_blocks is not None:
+        warnings.warn("snf_layers(num_flow_blocks=) is now num_stages=", DeprecationWarning, stacklevel=2)
+        num_stages = num_flow_blocks
     make_block = None if block is None else block_factory(block, **(block_kwargs or {}))
     if flow is not None and not callable(flow) and flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}; choose one of {sorted(FLOWS)}, a callable or None")
     if flow_scale is not None and not flow_scale > 0:
         raise ValueError(f"flow_scale must be a positive number, got {flow_scale}")
 
-    def flow_block() -> list[Transform]:
+    def flow_stage() -> list[Transform]:
         couplings = make_flow(flow, input_dim, hidden_dims=hidden_dims, num_couplings=num_couplings)
         if flow_scale is None:
             return couplings
@@ -116,15 +124,15 @@ def snf_layers(input_dim: int, *, num_flow_blocks: int = 3, num_couplings: int =
         return [down, *couplings, AffineTransform(0.0, float(flow_scale), event_dim=1)]
 
     if betas is None:
-        betas = torch.linspace(0.0, 1.0, num_flow_blocks).tolist() if num_flow_blocks > 1 else [1.0]
-    if len(betas) != num_flow_blocks:
-        raise ValueError(f"need one beta per flow block ({num_flow_blocks}), got {len(betas)}")
+        betas = torch.linspace(0.0, 1.0, num_stages).tolist() if num_stages > 1 else [1.0]
+    if len(betas) != num_stages:
+        raise ValueError(f"need one beta per flow stage ({num_stages}), got {len(betas)}")
     if blocks_after_flows:
         if make_block is None or flow is None:
             raise ValueError("blocks_after_flows needs both a flow and a block")
         layers = [make_block(0.0)] if prior_block else []
         for beta in betas:
-            layers.extend(flow_block())
+            layers.extend(flow_stage())
             layers.append(make_block(float(beta)))
         return layers
     layers: list[Transform] = []
@@ -132,7 +140,7 @@ def snf_layers(input_dim: int, *, num_flow_blocks: int = 3, num_couplings: int =
         if make_block is not None and (i > 0 or prior_block):
             layers.append(make_block(float(beta)))
         if flow is not None:
-            layers.extend(flow_block())
+            layers.extend(flow_stage())
     if make_block is not None and (final_block or flow is None):
         layers.append(make_block(1.0))
     return layers
@@ -157,7 +165,7 @@ def paper_double_well_snf(potential: Potential, variant: str = "snf",
                           layout: str = "interleaved") -> StochasticNormalizingFlow:
     """The double-well models of the paper's comparison, one call each.
 
-    ``variant``: ``"rnvp"`` (3 RealNVP blocks of 2 couplings, MLP 64-64), ``"snf"`` (the same plus
+    ``variant``: ``"rnvp"`` (3 RealNVP stages of 2 couplings, MLP 64-64), ``"snf"`` (the same plus
     Metropolis blocks of 20 steps, step 0.25) or ``"snf_learnable"`` (Metropolis step sizes and the
     intermediate ``beta`` values learnable). ``layout``: ``"interleaved"`` (default,
     ``MC(0) RNVP MC(0.5) RNVP MC(1) RNVP``) or ``"after_flows"``, the paper's released code

@@ -21,7 +21,7 @@ Example::
     >>> from pyro_snf.targets import DoubleWell
     >>> target = DoubleWell()
     >>> snf = make_snf(target, block="metropolis", hidden_dims=(8,), block_kwargs={"num_steps": 2})
-    >>> history = fit(snf, num_steps=3, batch_size=16, data=target.sample(64), ml_weight=0.5,
+    >>> history = fit(snf, num_iterations=3, batch_size=16, data=target.sample(64), ml_weight=0.5,
     ...               kl_weight=0.5, progress=False)
     >>> len(history.loss)
     3
@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -67,10 +68,11 @@ def ml_loss(snf: StochasticNormalizingFlow, x: Tensor) -> tuple[Tensor, Tensor]:
     return _finite_mean(bound)
 
 
-def fit(snf: StochasticNormalizingFlow, *, num_steps: int = 1000, batch_size: int = 128,
+def fit(snf: StochasticNormalizingFlow, *, num_iterations: int = 1000, batch_size: int = 128,
         lr: float = 5e-3, kl_weight: float = 1.0, ml_weight: float = 0.0, data: Tensor | None = None,
         optimizer: torch.optim.Optimizer | None = None, clip_grad_norm: float | None = None,
-        progress: bool = True, history: TrainHistory | None = None) -> TrainHistory:
+        progress: bool = True, history: TrainHistory | None = None,
+        num_steps: int | None = None) -> TrainHistory:
     """Train ``snf``'s layer parameters (Adam by default) and return the loss history.
 
     :param data: target samples ``(M, D)`` for the maximum-likelihood term (needed if
@@ -78,9 +80,14 @@ def fit(snf: StochasticNormalizingFlow, *, num_steps: int = 1000, batch_size: in
     :param optimizer: an optimizer over ``snf.parameters()``; pass the same one to continue
         training with its state (e.g. the paper's second, mixed stage).
     :param history: a history to append to.
+    :param num_steps: the old name of ``num_iterations`` (``DeprecationWarning``; a block's
+        ``num_steps`` are its MCMC steps).
     """
-    if num_steps < 1 or batch_size < 1:
-        raise ValueError(f"num_steps and batch_size must be >= 1, got {num_steps}, {batch_size}")
+    if num_steps is not None:
+        warnings.warn("fit(num_steps=) is now num_iterations=", DeprecationWarning, stacklevel=2)
+        num_iterations = num_steps
+    if num_iterations < 1 or batch_size < 1:
+        raise ValueError(f"num_iterations and batch_size must be >= 1, got {num_iterations}, {batch_size}")
     if kl_weight < 0 or ml_weight < 0 or kl_weight + ml_weight == 0:
         raise ValueError(f"need kl_weight, ml_weight >= 0, not both 0; got {kl_weight}, {ml_weight}")
     if ml_weight > 0 and data is None:
@@ -103,7 +110,7 @@ def fit(snf: StochasticNormalizingFlow, *, num_steps: int = 1000, batch_size: in
                 history.ml.append(ml_)
                 history.num_nonfinite_particles += int(bad_)
 
-    bar = tqdm(range(num_steps), disable=not progress, desc="fit", mininterval=1.0)
+    bar = tqdm(range(num_iterations), disable=not progress, desc="fit", mininterval=1.0)
     try:
         for step in bar:
             optimizer.zero_grad(set_to_none=True)

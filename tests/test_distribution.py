@@ -24,7 +24,7 @@ from pyro_snf import (
 )
 from pyro_snf.architectures import snf_layers
 from pyro_snf.path import backward_path, forward_path
-from pyro_snf.transforms import real_nvp_block, spline_coupling_block
+from pyro_snf.transforms import real_nvp_stage, spline_coupling_stage
 
 D = 3
 MEAN = torch.tensor([1.0, -0.5, 0.3])
@@ -48,9 +48,9 @@ def bijections(kind: str, dtype: torch.dtype) -> list:
         layers = [T.affine_coupling(D, hidden_dims=[8]), T.Permute(torch.tensor([2, 0, 1])),
                   T.affine_coupling(D, hidden_dims=[8])]
     elif kind == "real_nvp":
-        layers = real_nvp_block(D, num_couplings=2, hidden_dims=(8, 8))
+        layers = real_nvp_stage(D, num_couplings=2, hidden_dims=(8, 8))
     elif kind == "spline_coupling":
-        layers = spline_coupling_block(D, num_couplings=1, hidden_dims=(8,), count_bins=4)
+        layers = spline_coupling_stage(D, num_couplings=1, hidden_dims=(8,), count_bins=4)
     else:
         raise AssertionError(kind)
     out = []
@@ -111,7 +111,7 @@ def test_bijection_flow_backward_path_is_exact_nll(kind, dtype):
 
 def test_flow_scale_conjugates_each_flow_block(dtype):
     """``flow_scale=s`` with base N(0, s^2) is the unit-scale flow followed by ``x -> s x``."""
-    layers = snf_layers(D, num_flow_blocks=1, block=None, flow_scale=5.0, hidden_dims=(8,))
+    layers = snf_layers(D, num_stages=1, block=None, flow_scale=5.0, hidden_dims=(8,))
     layers = [layer.to(dtype) if isinstance(layer, torch.nn.Module) else layer for layer in layers]
     assert isinstance(layers[0], AffineTransform) and isinstance(layers[-1], AffineTransform)
     scaled = StochasticNormalizingFlow(base_normal(dtype, scale=5.0), layers)
@@ -120,7 +120,7 @@ def test_flow_scale_conjugates_each_flow_block(dtype):
     x = 5.0 * torch.randn(64, D, dtype=dtype)
     assert torch.allclose(scaled.log_prob(x), reference.log_prob(x), **tols(dtype))
     # blocks stay outside the rescaled flow blocks, in the target's coordinates
-    with_blocks = snf_layers(D, num_flow_blocks=2, block="metropolis", flow_scale=5.0, hidden_dims=(8,))
+    with_blocks = snf_layers(D, num_stages=2, block="metropolis", flow_scale=5.0, hidden_dims=(8,))
     names = [type(layer).__name__ for layer in with_blocks]
     assert names[0] == "MetropolisBlock" and names[1] == "AffineTransform"
     assert names[names.index("MetropolisBlock", 1) - 1] == "AffineTransform"

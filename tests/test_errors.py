@@ -21,7 +21,7 @@ from pyro_snf import (
 from pyro_snf.architectures import make_snf, paper_double_well_snf, snf_layers
 from pyro_snf.blocks import block_factory, resolve_block
 from pyro_snf.targets import DoubleWell, NealFunnel
-from pyro_snf.transforms import real_nvp_block, spline_coupling_block
+from pyro_snf.transforms import real_nvp_stage, spline_coupling_stage
 
 # the block classes come from the registry in conftest.py (fixture block_case; its .cls)
 
@@ -220,8 +220,8 @@ def test_builder_errors():
         snf_layers(2, block="gibbs")
     with pytest.raises(ValueError, match="unknown flow"):
         snf_layers(2, flow="maf")
-    with pytest.raises(ValueError, match="one beta per flow block"):
-        snf_layers(2, num_flow_blocks=3, betas=[0.0, 1.0])
+    with pytest.raises(ValueError, match="one beta per flow stage"):
+        snf_layers(2, num_stages=3, betas=[0.0, 1.0])
     with pytest.raises(ValueError, match="flow_scale must be a positive"):
         snf_layers(2, flow_scale=0.0)
     with pytest.raises(ValueError, match="variant"):
@@ -229,6 +229,6 @@ def test_builder_errors():
     with pytest.raises(ValueError, match="input_dim="):
         make_snf(u)
     with pytest.raises(ValueError, match="input_dim >= 2"):
-        real_nvp_block(1)
+        real_nvp_stage(1)
     with pytest.raises(ValueError, match="num_couplings"):
-        spline_coupling_block(2, num_couplings=0)
+        spline_coupling_stage(2, num_couplings=0)

@@ -17,7 +17,7 @@ from pyro_snf.train import TrainHistory, fit, kl_loss, ml_loss
 
 
 def small_double_well_snf():
-    return make_snf(DoubleWell(), block="metropolis", hidden_dims=(16,), num_flow_blocks=2, num_couplings=2,
+    return make_snf(DoubleWell(), block="metropolis", hidden_dims=(16,), num_stages=2, num_couplings=2,
                     block_kwargs={"step_size": 0.25, "num_steps": 2})
 
 
@@ -29,7 +29,7 @@ def test_maximum_likelihood_training_raises_ess_on_double_well():
     snf = small_double_well_snf()
     data = target.sample(5000)
     _, before = snf.importance_weights(5000)
-    history = fit(snf, num_steps=80, batch_size=64, lr=1e-2, kl_weight=0.0, ml_weight=1.0, data=data,
+    history = fit(snf, num_iterations=80, batch_size=64, lr=1e-2, kl_weight=0.0, ml_weight=1.0, data=data,
                   progress=False)
     _, after = snf.importance_weights(5000)
     ess0, ess1 = float(before.ess_fraction), float(after.ess_fraction)
@@ -47,9 +47,9 @@ def test_mixed_training_records_both_terms_and_continues_history():
     snf = small_double_well_snf()
     data = target.sample(500)
     opt = torch.optim.Adam(snf.parameters(), lr=1e-3)
-    history = fit(snf, num_steps=3, batch_size=16, kl_weight=0.5, ml_weight=0.5, data=data, optimizer=opt,
-                  progress=False)
-    history = fit(snf, num_steps=2, batch_size=16, kl_weight=1.0, ml_weight=0.0, optimizer=opt,
+    history = fit(snf, num_iterations=3, batch_size=16, kl_weight=0.5, ml_weight=0.5, data=data,
+                  optimizer=opt, progress=False)
+    history = fit(snf, num_iterations=2, batch_size=16, kl_weight=1.0, ml_weight=0.0, optimizer=opt,
                   history=history, progress=False)
     assert isinstance(history, TrainHistory) and len(history.loss) == 5
     for loss, kl, ml in zip(history.loss[:3], history.kl[:3], history.ml[:3]):
@@ -81,9 +81,9 @@ def test_loss_functions_match_their_definitions():
 def test_fit_bad_arguments():
     snf = small_double_well_snf()
     data = DoubleWell().sample(10)
-    with pytest.raises(ValueError, match="num_steps and batch_size"):
-        fit(snf, num_steps=0, progress=False)
-    with pytest.raises(ValueError, match="num_steps and batch_size"):
+    with pytest.raises(ValueError, match="num_iterations and batch_size"):
+        fit(snf, num_iterations=0, progress=False)
+    with pytest.raises(ValueError, match="num_iterations and batch_size"):
         fit(snf, batch_size=0, progress=False)
     with pytest.raises(ValueError, match="kl_weight, ml_weight"):
         fit(snf, kl_weight=-1.0, progress=False)
@@ -94,7 +94,7 @@ def test_fit_bad_arguments():
     no_params = StochasticNormalizingFlow(dist.Normal(torch.zeros(2), 1.0).to_event(1),
                                           [MetropolisBlock(0.5, 2)], DoubleWell())
     with pytest.raises(ValueError, match="no trainable parameters"):
-        fit(no_params, num_steps=1, progress=False)
+        fit(no_params, num_iterations=1, progress=False)
 
 
 class NanGradient(torch.autograd.Function):
@@ -117,7 +117,7 @@ def test_fit_skips_steps_with_nonfinite_gradient():
     snf = StochasticNormalizingFlow(dist.Normal(torch.zeros(2), 1.0).to_event(1),
                                     [T.affine_coupling(2, hidden_dims=[8])], nan_gradient_energy)
     before = [p.detach().clone() for p in snf.parameters()]
-    history = fit(snf, num_steps=4, batch_size=32, progress=False)
+    history = fit(snf, num_iterations=4, batch_size=32, progress=False)
     assert history.num_skipped_steps == 4
     assert all(math.isfinite(v) for v in history.loss)  # the loss itself was fine
     for p, p0 in zip(snf.parameters(), before):
@@ -134,7 +134,7 @@ def test_fit_counts_nonfinite_particles_and_keeps_training():
     snf = StochasticNormalizingFlow(dist.Normal(torch.zeros(2), 0.5).to_event(1),
                                     [T.affine_coupling(2, hidden_dims=[8]), LangevinBlock(0.3, 3)], walled)
     before = [p.detach().clone() for p in snf.parameters()]
-    history = fit(snf, num_steps=5, batch_size=64, progress=False)
+    history = fit(snf, num_iterations=5, batch_size=64, progress=False)
     assert history.num_nonfinite_particles > 0
     assert history.num_skipped_steps == 0 and all(math.isfinite(v) for v in history.loss)
     assert any(not torch.equal(p.detach(), p0) for p, p0 in zip(snf.parameters(), before))
@@ -150,9 +150,33 @@ def test_history_is_complete_across_bulk_readbacks(progress, capsys):
     updates and at the end): nothing is lost or duplicated, in order."""
     flow = StochasticNormalizingFlow(dist.Normal(torch.zeros(2), 1.0).to_event(1), [T.affine_coupling(2)],
                                      lambda x: 0.5 * (x - 1.0).pow(2).sum(-1))
-    history = fit(flow, num_steps=230, batch_size=8, kl_weight=1.0, progress=progress)
+    history = fit(flow, num_iterations=230, batch_size=8, kl_weight=1.0, progress=progress)
     assert len(history.loss) == len(history.kl) == len(history.ml) == 230
     assert history.loss == history.kl and all(math.isnan(v) for v in history.ml)
     assert history.num_nonfinite_particles == 0 and history.num_skipped_steps == 0
-    more = fit(flow, num_steps=7, batch_size=8, kl_weight=1.0, progress=False, history=history)
+    more = fit(flow, num_iterations=7, batch_size=8, kl_weight=1.0, progress=False, history=history)
     assert more is history and len(history.loss) == 237
+
+
+def test_old_names_still_work_with_a_deprecation_warning():
+    """``fit(num_steps=)``, ``snf_layers(num_flow_blocks=)``, ``real_nvp_block``: same results as the new
+    names (``num_iterations``, ``num_stages``, ``real_nvp_stage``), with a DeprecationWarning."""
+    from pyro_snf.architectures import snf_layers
+    from pyro_snf.transforms import real_nvp_block, real_nvp_stage, spline_coupling_block
+
+    def losses(**kw):
+        torch.manual_seed(0)
+        snf = small_double_well_snf()
+        return fit(snf, batch_size=16, kl_weight=1.0, progress=False, **kw).loss
+
+    with pytest.warns(DeprecationWarning, match="num_iterations"):
+        old = losses(num_steps=3)
+    assert old == losses(num_iterations=3)
+    with pytest.warns(DeprecationWarning, match="num_stages"):
+        layers = snf_layers(2, num_flow_blocks=2, hidden_dims=(4,))
+    assert [type(t) for t in layers] == [type(t) for t in snf_layers(2, num_stages=2, hidden_dims=(4,))]
+    with pytest.warns(DeprecationWarning, match="real_nvp_stage"):
+        old_stage = real_nvp_block(2, hidden_dims=(4,))
+    assert [type(t) for t in old_stage] == [type(t) for t in real_nvp_stage(2, hidden_dims=(4,))]
+    with pytest.warns(DeprecationWarning, match="spline_coupling_stage"):
+        spline_coupling_block(2, num_couplings=1, hidden_dims=(4,))

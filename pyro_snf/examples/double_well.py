@@ -78,10 +78,10 @@ def train_paper_protocol(snf: StochasticNormalizingFlow, data: Tensor,
                          lr: float = 5e-3, progress: bool = False) -> TrainHistory:
     """Maximum likelihood, then 50/50 maximum likelihood + reverse KL (one Adam optimizer)."""
     optimizer = torch.optim.Adam(snf.parameters(), lr=lr)
-    history = fit(snf, num_steps=iterations[0], batch_size=batch_size, data=data, kl_weight=0.0,
+    history = fit(snf, num_iterations=iterations[0], batch_size=batch_size, data=data, kl_weight=0.0,
                   ml_weight=1.0, optimizer=optimizer, progress=progress)
     if iterations[1] > 0:
-        fit(snf, num_steps=iterations[1], batch_size=batch_size, data=data, kl_weight=0.5, ml_weight=0.5,
+        fit(snf, num_iterations=iterations[1], batch_size=batch_size, data=data, kl_weight=0.5, ml_weight=0.5,
             optimizer=optimizer, progress=progress, history=history)
     return history
 

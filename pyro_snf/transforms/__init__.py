@@ -2,8 +2,15 @@
 :data:`FLOWS`)."""
 
 from pyro_snf.transforms.affine import Affine
-from pyro_snf.transforms.coupling import real_nvp, real_nvp_block, reverse_permutation, spline_coupling_block
+from pyro_snf.transforms.coupling import (
+    real_nvp,
+    real_nvp_block,
+    real_nvp_stage,
+    reverse_permutation,
+    spline_coupling_block,
+    spline_coupling_stage,
+)
 from pyro_snf.transforms.registry import FLOWS, FlowBuilder, make_flow
 
-__all__ = ["FLOWS", "Affine", "FlowBuilder", "make_flow", "real_nvp", "real_nvp_block", "reverse_permutation",
-           "spline_coupling_block"]
+__all__ = ["FLOWS", "Affine", "FlowBuilder", "make_flow", "real_nvp", "real_nvp_block", "real_nvp_stage",
+           "reverse_permutation", "spline_coupling_block", "spline_coupling_stage"]

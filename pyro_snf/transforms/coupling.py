@@ -1,7 +1,11 @@
-"""Coupling-flow builders on top of Pyro's ``TransformModule`` bijections."""
+"""Coupling-flow builders on top of Pyro's ``TransformModule`` bijections.
+
+A flow *stage* is the group of bijections between two stochastic blocks (``real_nvp_stage``:
+``num_couplings`` couplings, each followed by a coordinate reversal)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import pyro.distributions.transforms as T
@@ -21,7 +25,7 @@ def _check(input_dim: int, num_couplings: int) -> None:
         raise ValueError(f"num_couplings must be >= 1, got {num_couplings}")
 
 
-def real_nvp_block(input_dim: int, num_couplings: int = 2,
+def real_nvp_stage(input_dim: int, num_couplings: int = 2,
                    hidden_dims: Sequence[int] = (64, 64), **kwargs) -> list[Transform]:
     """``num_couplings`` RealNVP affine couplings, each followed by a coordinate reversal.
 
@@ -32,7 +36,7 @@ def real_nvp_block(input_dim: int, num_couplings: int = 2,
 
     Example::
 
-        >>> layers = real_nvp_block(2, num_couplings=2, hidden_dims=(16, 16))
+        >>> layers = real_nvp_stage(2, num_couplings=2, hidden_dims=(16, 16))
         >>> [type(t).__name__ for t in layers]
         ['AffineCoupling', 'Permute', 'AffineCoupling', 'Permute']
     """
@@ -44,7 +48,7 @@ def real_nvp_block(input_dim: int, num_couplings: int = 2,
     return layers
 
 
-def spline_coupling_block(input_dim: int, num_couplings: int = 2, hidden_dims: Sequence[int] = (64, 64),
+def spline_coupling_stage(input_dim: int, num_couplings: int = 2, hidden_dims: Sequence[int] = (64, 64),
                           count_bins: int = 8, bound: float = 3.0) -> list[Transform]:
     """Rational-quadratic spline couplings (Pyro's ``SplineCoupling``), each followed by a reversal.
 
@@ -52,7 +56,7 @@ def spline_coupling_block(input_dim: int, num_couplings: int = 2, hidden_dims: S
 
     Example::
 
-        >>> layers = spline_coupling_block(4, num_couplings=1, hidden_dims=(8,))
+        >>> layers = spline_coupling_stage(4, num_couplings=1, hidden_dims=(8,))
         >>> [type(t).__name__ for t in layers]
         ['SplineCoupling', 'Permute']
     """
@@ -65,8 +69,23 @@ def spline_coupling_block(input_dim: int, num_couplings: int = 2, hidden_dims: S
     return layers
 
 
-def real_nvp(input_dim: int, num_blocks: int = 3, num_couplings: int = 2,
+def real_nvp(input_dim: int, num_stages: int = 3, num_couplings: int = 2,
              hidden_dims: Sequence[int] = (64, 64), **kwargs) -> list[Transform]:
-    """A RealNVP flow: ``num_blocks`` blocks of :func:`real_nvp_block`, flattened into one list."""
-    return [t for _ in range(num_blocks) for t in real_nvp_block(input_dim, num_couplings, hidden_dims,
+    """A RealNVP flow: ``num_stages`` stages of :func:`real_nvp_stage`, flattened into one list."""
+    if "num_blocks" in kwargs:
+        warnings.warn("real_nvp(num_blocks=) is now num_stages=", DeprecationWarning, stacklevel=2)
+        num_stages = kwargs.pop("num_blocks")
+    return [t for _ in range(num_stages) for t in real_nvp_stage(input_dim, num_couplings, hidden_dims,
                                                                    **kwargs)]
+
+
+def real_nvp_block(*args, **kwargs) -> list[Transform]:
+    """Deprecated name of :func:`real_nvp_stage` ("block" now means a stochastic block)."""
+    warnings.warn("real_nvp_block is now real_nvp_stage", DeprecationWarning, stacklevel=2)
+    return real_nvp_stage(*args, **kwargs)
+
+
+def spline_coupling_block(*args, **kwargs) -> list[Transform]:
+    """Deprecated name of :func:`spline_coupling_stage` ("block" now means a stochastic block)."""
+    warnings.warn("spline_coupling_block is now spline_coupling_stage", DeprecationWarning, stacklevel=2)
+    return spline_coupling_stage(*args, **kwargs)

@@ -38,7 +38,7 @@ from torch import nn
 from torch.distributions import Transform
 
 from pyro_snf.transforms.affine import Affine
-from pyro_snf.transforms.coupling import real_nvp_block, spline_coupling_block
+from pyro_snf.transforms.coupling import real_nvp_stage, spline_coupling_stage
 
 
 class FlowBuilder(Protocol):
@@ -48,12 +48,12 @@ class FlowBuilder(Protocol):
 
 def _real_nvp(dim: int, *, hidden_dims: Sequence[int] | None = None, num_couplings: int = 2,
               stage: int = 0) -> list[Transform]:
-    return real_nvp_block(dim, num_couplings, (64, 64) if hidden_dims is None else hidden_dims)
+    return real_nvp_stage(dim, num_couplings, (64, 64) if hidden_dims is None else hidden_dims)
 
 
 def _spline(dim: int, *, hidden_dims: Sequence[int] | None = None, num_couplings: int = 2,
             stage: int = 0) -> list[Transform]:
-    return spline_coupling_block(dim, num_couplings, (64, 64) if hidden_dims is None else hidden_dims)
+    return spline_coupling_stage(dim, num_couplings, (64, 64) if hidden_dims is None else hidden_dims)
 
 
 def _zero_last(net: nn.Module) -> None:
