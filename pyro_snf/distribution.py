@@ -145,6 +145,7 @@ class StochasticNormalizingFlow(TorchDistribution):
         return self._draw(torch.Size(sample_shape))
 
     def _draw(self, sample_shape: torch.Size, states: list[Tensor] | None = None) -> Tensor:
+        _check_sample_shape(sample_shape, self.batch_shape)
         z = self.base_dist.rsample(sample_shape)
         infos: list[BlockInfo] = []
         x, sum_dS = forward_path(self.layers, z, self._target, self.base_potential, states, infos)
@@ -179,6 +180,7 @@ class StochasticNormalizingFlow(TorchDistribution):
 
         ``logmeanexp(log_w)`` estimates ``log Z``; see :class:`~pyro_snf.weights.ImportanceWeights`.
         Particles with non-finite energies get log-weight ``-inf`` and a warning says how many.
+        A ``sample_shape`` with a dimension < 1 (no samples) raises a ``ValueError``.
         """
         with torch.no_grad():
             x = self.rsample(torch.Size(sample_shape))
@@ -228,6 +230,18 @@ class StochasticNormalizingFlow(TorchDistribution):
     def __repr__(self) -> str:
         names = ", ".join(type(layer).__name__ for layer in self.layers)
         return f"StochasticNormalizingFlow(base={self.base_dist!r}, layers=[{names}])"
+
+
+def _check_sample_shape(sample_shape: torch.Size, batch_shape: torch.Size) -> None:
+    """Refuse draws of no samples: layers (Pyro's coupling nets among them) cannot run on an empty
+    batch, and zero weights have no log Z, ESS or resample (``ImportanceWeights`` refuses them)."""
+    shape = tuple(sample_shape) + tuple(batch_shape)
+    if any(int(n) <= 0 for n in shape):
+        raise ValueError(
+            f"sample_shape {tuple(sample_shape)} (flow batch_shape {tuple(batch_shape)}) has a dimension "
+            "< 1: an SNF draws at least one sample (log Z, ESS and resampling need many). Check the "
+            "number of samples you computed"
+        )
 
 
 def _no_potential(y: Tensor) -> Tensor:

@@ -17,6 +17,14 @@ estimates converge at the usual rate; 0.5 to 0.7 the variance is infinite but PS
 estimates are still usable; above 0.7 importance-sampling estimates (log evidence included) are
 unreliable; above 1 not even the mean of the weights exists in practice.
 
+What :math:`\\hat k` can see: heavy-tailed weights, i.e. a proposal too narrow or misplaced *where it
+has mass*. What it cannot see: posterior mass the proposal never visits (a second mode, a far
+region). The weights are then light-tailed and :math:`\\hat k` is small, the ESS high, and the log
+evidence is low by the missing mass (a guide on one of two equal modes: :math:`\\hat k` at most
+about 0.1, ESS near 100%, log Z low by log 2, no warning). Check that with independent runs from different
+initialisations (log evidences that disagree beyond their standard errors), multi-start optimisation,
+or a wider or prior-based proposal.
+
 ArviZ is imported lazily (on first use), with its 0.x refactoring ``FutureWarning`` silenced.
 
 Example::
@@ -84,11 +92,12 @@ def psis_khat(log_weights: Any) -> float:
 
 
 def khat_verdict(khat: float) -> str:
-    """A short reading of a PSIS k-hat value, e.g. ``"good: ..."``."""
+    """A short reading of a PSIS k-hat value, e.g. ``"good: ..."``: the tail of the weights, over the
+    region the proposal visits (a small k-hat says nothing about modes it never visits)."""
     if math.isnan(khat):
         return f"not computed: PSIS needs at least {MIN_PSIS_SAMPLES} samples"
     if khat < 0.5:
-        return "good: weight variance finite, estimates converge at the usual rate (k < 0.5)"
+        return "good: light-tailed weights where the guide has mass (k < 0.5); blind to modes it never visits"
     if khat <= KHAT_THRESHOLD:
         return "ok: heavy-tailed weights, estimates usable but converge slowly (0.5 <= k <= 0.7)"
     if khat <= 1.0:

@@ -61,7 +61,7 @@ from torch import Tensor
 
 from pyro_snf.diagnostics.arviz_compat import KHAT_THRESHOLD, MIN_PSIS_SAMPLES, khat_verdict, psis_khat
 from pyro_snf.infer.result import ImportanceResult, SiteInfo
-from pyro_snf.infer.tracing import check_no_subsampling, per_particle_sum, sample_sites
+from pyro_snf.infer.tracing import check_no_subsampling, check_observed_finite, per_particle_sum, sample_sites
 from pyro_snf.infer.tracing import max_plate_nesting as plate_nesting  # the argument has that name
 from pyro_snf.weights import sanitize_log_weights
 
@@ -97,8 +97,8 @@ def importance_sample(
     :param warn: warn about zero-weight particles, prior-drawn sites, k-hat > 0.7, and k-hat not
         computed (``nan``: fewer than :data:`~pyro_snf.diagnostics.arviz_compat.MIN_PSIS_SAMPLES` samples).
     :returns: an :class:`~pyro_snf.infer.result.ImportanceResult`.
-    :raises ValueError: for ``num_samples <= 0``, ``batch_size <= 0``, a subsampling plate or a
-        point-mass guide (``AutoDelta``).
+    :raises ValueError: for ``num_samples <= 0``, ``batch_size <= 0``, a subsampling plate, a
+        point-mass guide (``AutoDelta``), or observed data with NaN/inf entries that no mask excludes.
 
     The keyword names above are taken by this function: a model keyword argument with one of
     these names cannot be passed through (wrap the model in a closure instead).
@@ -109,6 +109,7 @@ def importance_sample(
     grad_ctx = torch.no_grad if no_grad else contextlib.nullcontext
     with grad_ctx():
         guide_tr, model_tr = _run(model, guide, args, kwargs, None, 0)
+    check_observed_finite(model_tr, "importance_sample")
     _check_guide_has_density(guide_tr)
     nesting = plate_nesting(guide_tr, model_tr, batch_ranks=False, plate_sites=True)
     if max_plate_nesting is not None:
@@ -145,9 +146,10 @@ def importance_sample(
     khat = psis_khat(log_w)
     if warn and khat > KHAT_THRESHOLD and bool(torch.isfinite(log_w).any()):
         warnings.warn(
-            f"PSIS k-hat = {khat:.2f} > {KHAT_THRESHOLD}: {khat_verdict(khat)}. The guide misses or "
-            "under-covers posterior mass (too narrow, wrong mode); the log evidence and posterior "
-            "estimates from these weights are not trustworthy",
+            f"PSIS k-hat = {khat:.2f} > {KHAT_THRESHOLD}: {khat_verdict(khat)}. The weights are heavy-"
+            "tailed: where the guide has mass it is too narrow or misplaced, and the log evidence and "
+            "posterior estimates from these weights are not trustworthy (k-hat cannot see posterior mass "
+            "the guide never visits: a small k-hat does not rule that out)",
             UserWarning,
             stacklevel=2,
         )

@@ -47,12 +47,14 @@ from torch.distributions.constraints import Constraint
 
 # trace_model, max_plate_nesting and particle_dim live in tracing and stay importable from here
 from pyro_snf.infer.tracing import (
+    check_observed_finite,
     check_site_plates,
     max_plate_nesting,
     particle_dim,
     per_particle_sum,
     sample_sites,
     trace_model,
+    unmasked_entries,
 )
 
 _PLATE = "_pyro_snf_particles"
@@ -73,7 +75,9 @@ class LatentSite(NamedTuple):
 
 
 def check_model_trace(trace: Trace, who: str = "this potential") -> None:
-    """Clear errors for what a continuous, full-batch potential cannot handle."""
+    """Clear errors for what a continuous, full-batch potential cannot handle (observed NaN/inf
+    included, see :func:`~pyro_snf.infer.tracing.check_observed_finite`)."""
+    check_observed_finite(trace, who)
     for site in sample_sites(trace):
         name = site["name"]
         check_site_plates(site, who)
@@ -145,10 +149,29 @@ class _ScoreMessenger(Messenger):
     def _postprocess_message(self, msg: Any) -> None:
         if msg["type"] != "sample" or site_is_subsample(msg) or msg["infer"].get("_do_not_score"):
             return
-        lp = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"])
+        value = msg["value"]
+        if msg["name"] not in self.values:  # observed data
+            value = _fill_masked(msg["fn"], msg["mask"], value)
+        lp = msg["fn"].log_prob(value, *msg["args"], **msg["kwargs"])
         lp = torch.as_tensor(scale_and_mask(lp, msg["scale"], msg["mask"]), dtype=self.log_p.dtype,
                              device=self.log_p.device)
         self.log_p = self.log_p + per_particle_sum(lp, self.n, self.dim, msg["name"])
+
+
+def _fill_masked(fn: Any, mask: Any, value: Any) -> Any:
+    """An observed value whose masked-out NaN/inf events are replaced by a finite event of the same
+    value: their log-density is discarded anyway, but a NaN there gives NaN gradients through the mask."""
+    if not torch.is_tensor(value) or not value.is_floating_point() or not value.numel():
+        return value
+    kept = unmasked_entries(fn, mask, value)
+    if kept is None:
+        return value
+    e = min(getattr(fn, "event_dim", 0), value.dim())
+    ok, fill = torch.isfinite(value), ~(torch.isfinite(value) | kept)
+    if e:  # whole events
+        ok, fill = ok.flatten(-e).all(-1), fill.flatten(-e).any(-1)
+    donor = value.reshape((-1,) + value.shape[value.dim() - e:])[ok.reshape(-1).long().argmax()]
+    return torch.where(fill.reshape(fill.shape + (1,) * e), donor, value)
 
 
 class ModelPotential:
@@ -156,7 +179,9 @@ class ModelPotential:
 
     Inside the model call Pyro/torch validation is off: a particle whose proposal makes a
     distribution's parameters invalid gets ``u = +inf`` (zero density) instead of an exception,
-    and NaN log densities also become ``+inf``; gradients of such particles are set to 0.
+    and NaN log densities also become ``+inf``; gradients of such particles are set to 0. Observed
+    NaN/inf entries are refused by :meth:`from_model` unless a mask excludes them (then their value
+    and gradients are exact: the potential scores a finite stand-in that the mask discards).
 
     :param model: the Pyro model (observations inside it or passed through ``args``/``kwargs``).
     :param sites: the latent layout, e.g. ``latent_sites(trace)`` of a prior trace.

@@ -42,11 +42,15 @@ from pyro_snf.diagnostics.plots import plot_marginals, plot_weights
 from pyro_snf.weights import ImportanceWeights
 
 _NOTE = (
-    "Note: E[w] = Z for any guide, trained or not, so even an untrained guide gives an unbiased (in Z;\n"
-    "log Z slightly low, by about stderr^2/2) but possibly very noisy evidence estimate. Read the\n"
-    "stderr, the ESS and k-hat to judge it: k < 0.5 good, 0.5-0.7 ok (slow convergence), > 0.7\n"
-    "unreliable, > 1 the weights' variance is infinite and their mean may not exist. The stderr is\n"
-    "estimated from the same weights and is too optimistic when k-hat is large."
+    "Note: E[w] = Z for any guide with full support, trained or not, so even an untrained guide gives an\n"
+    "unbiased (in Z; log Z slightly low, by about stderr^2/2) but possibly very noisy evidence estimate.\n"
+    "Read the stderr, the ESS and k-hat: k < 0.5 good, 0.5-0.7 ok (slow convergence), > 0.7 unreliable,\n"
+    "> 1 the weights' variance is infinite and their mean may not exist. The stderr is estimated from the\n"
+    "same weights and is too optimistic when k-hat is large. k-hat detects heavy-tailed weights: a guide\n"
+    "too narrow or misplaced where it has mass. No statistic of the weights sees posterior mass the guide\n"
+    "never visits (a missed mode): the weights then look fine and log Z is low by the missing mass. Check\n"
+    "with independent runs from different initialisations (log Z disagreeing beyond their SEs),\n"
+    "multi-start optimisation, or a wider or prior-based proposal."
 )
 
 

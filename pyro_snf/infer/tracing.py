@@ -10,7 +10,8 @@
   of them; :func:`particle_dim`: that dim, clear of every plate open right now;
 - :func:`per_particle_sum`: one log-density per particle from a site's log-density tensor;
 - :func:`check_no_subsampling` and :func:`check_site_plates`: refuse plates that subsample the data
-  (both callers need the exact log density of the full data set).
+  (both callers need the exact log density of the full data set);
+- :func:`check_observed_finite`: refuse observed data holding NaN/inf that no mask excludes.
 
 Where the two callers had different rules, the rule is a parameter or a separate entry point and each
 caller keeps its own (see each function).
@@ -31,10 +32,12 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pyro
+import torch
 from pyro import poutine
+from pyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.runtime import _DIM_ALLOCATOR
 from pyro.poutine.trace_struct import Trace
@@ -44,6 +47,7 @@ from torch import Tensor
 __all__ = [
     "Subsampling",
     "check_no_subsampling",
+    "check_observed_finite",
     "check_site_plates",
     "max_plate_nesting",
     "particle_dim",
@@ -51,6 +55,7 @@ __all__ = [
     "sample_sites",
     "subsampling",
     "trace_model",
+    "unmasked_entries",
 ]
 
 
@@ -173,4 +178,58 @@ def check_site_plates(site: dict, who: str) -> None:
                 f"site '{site['name']}' is in the subsampled plate '{sub.plate}' (size {sub.size} of "
                 f"{sub.full_size}); {who} needs the exact log density of the full data set, so "
                 "subsampling is not supported: use the plate without subsample_size/subsample"
+            )
+
+
+def unmasked_entries(fn: Any, mask: Any, value: Tensor) -> Tensor | None:
+    """Where an observed ``value`` enters its site's log-density (shape of ``value``): not excluded by
+    the site's mask (``poutine.mask``, ``obs_mask``) or a ``.mask()`` of its distribution. ``None`` when
+    nothing is masked out."""
+    masks, f = [(mask, getattr(fn, "event_dim", 0))], fn
+    while isinstance(f, (Independent, MaskedDistribution, ExpandedDistribution)):
+        if isinstance(f, MaskedDistribution):
+            masks.append((f._mask, f.event_dim))
+        f = f.base_dist
+    kept = None
+    for m, event_dim in masks:
+        if m is False:
+            return torch.zeros(value.shape, dtype=torch.bool, device=value.device)
+        if not torch.is_tensor(m):
+            continue
+        m = m.reshape(m.shape + (1,) * event_dim)
+        m = torch.broadcast_to(m, torch.broadcast_shapes(m.shape, value.shape))
+        m = m.long().sum_to_size(value.shape) > 0  # kept where any broadcast copy is kept
+        kept = m if kept is None else kept & m
+    return kept
+
+
+def check_observed_finite(trace: Trace, who: str) -> None:
+    """Refuse an observed site whose value holds NaN/inf entries that no mask excludes (see
+    :func:`unmasked_entries`): their log-likelihood is not finite for any latent value, so every
+    weight is zero (silently with Pyro validation off, and always inside ``ModelPotential``).
+
+    :raises ValueError: naming the site, the count of non-finite entries and the fixes.
+    """
+    for site in sample_sites(trace):
+        value = site["value"]
+        if (not site["is_observed"] or site["infer"].get("_deterministic") or not torch.is_tensor(value)
+                or not value.is_floating_point()):
+            continue
+        bad = ~torch.isfinite(value.detach())
+        if not bool(bad.any()):
+            continue
+        try:
+            kept = unmasked_entries(site["fn"], site["mask"], value)
+        except RuntimeError:  # a mask that does not broadcast: the model's own error follows
+            continue
+        count = int((bad if kept is None else bad & kept).sum())
+        if count:
+            name = site["name"]
+            raise ValueError(
+                f"observed site '{name}' holds {count} non-finite (NaN/inf) value(s) of {value.numel()}: "
+                f"its log-likelihood is not finite for any latent value, so {who} would give every particle "
+                "zero weight. Drop or impute those observations, or mask them out: mask = torch.isfinite(y) "
+                "(.all(-1) for vector events), y = torch.where(mask, y, 0.0) (a placeholder in the support: "
+                f"masked NaNs still give NaN gradients in Pyro's ELBO), then pyro.sample('{name}', ..., "
+                "obs=y, obs_mask=mask) or the site inside `with poutine.mask(mask=mask):`"
             )
