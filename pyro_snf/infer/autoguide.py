@@ -33,6 +33,10 @@ blocks on inside :meth:`AutoSNF.adapting`; the blocks anneal from the fitted Gau
 
 Non-finite model densities: proposals there are rejected; a particle starting there gets zero weight.
 
+Saving (:class:`~pyro_snf.infer.guide_parts.SavedGuide`): ``pyro.get_param_store().save/load``,
+``torch.save(guide)`` (the model too when it pickles, else :meth:`AutoSNF.set_model` after loading) and
+``state_dict``; parameters from a differently configured guide raise a ``ValueError`` naming what differs.
+
 Example::
 
     >>> import torch, pyro, pyro.distributions as dist
@@ -53,7 +57,6 @@ Example::
 
 from __future__ import annotations
 
-import pickle
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -72,7 +75,7 @@ from pyro_snf.architectures import annealed_blocks
 from pyro_snf.blocks import BlockFactory, BlockInfo, PulledBackBlock, StochasticBlock
 from pyro_snf.distribution import StochasticNormalizingFlow, base_energy
 from pyro_snf.infer import potential as P
-from pyro_snf.infer.guide_parts import MonteCarloQuantiles, register_with_param_store
+from pyro_snf.infer.guide_parts import MonteCarloQuantiles, SavedGuide, config_fingerprint
 from pyro_snf.path import forward_path
 from pyro_snf.transforms import FLOWS, Affine, make_flow
 
@@ -82,7 +85,7 @@ _OLD_BLOCK_KEYWORDS = ("num_steps", "step_size", "learn_step_size", "learn_beta"
 DEFAULT_BLOCK_KWARGS = {"step_size": 0.5, "num_steps": 2}
 
 
-class AutoSNF(MonteCarloQuantiles, AutoContinuous):
+class AutoSNF(MonteCarloQuantiles, SavedGuide, AutoContinuous):
     """Stochastic-normalizing-flow autoguide (see the module docstring for the math).
 
     :param model: a Pyro model with continuous latents (any constrained supports), full-batch plates.
@@ -157,11 +160,8 @@ class AutoSNF(MonteCarloQuantiles, AutoContinuous):
         self.chain = nn.ModuleList([m for m in layers if isinstance(m, nn.Module)]).to(
             dtype=loc.dtype, device=loc.device)
         self._layers = layers
-
-    def _chain(self) -> nn.ModuleList:
-        """Register the layers' parameters (and adapted step sizes) with Pyro's param store."""
-        prefix = self._pyro_get_fullname("chain")
-        return register_with_param_store(prefix, self._modules["chain"], self._blocks)
+        self._config = config_fingerprint(self._blocks, self.latent_dim, flow=self._flow,
+                                          hidden_dims=self._hidden_dims, base=self._base)
 
     @property
     def layers(self) -> list[Transform]:
@@ -229,16 +229,6 @@ class AutoSNF(MonteCarloQuantiles, AutoContinuous):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         return P.ModelPotential(self._raw_model[0], self._sites, args, kwargs, self._max_plate_nesting)
-
-    def set_model(self, model: Callable) -> None:  # after unpickling a guide whose model did not pickle
-        self._raw_model = (model,)
-
-    def __getstate__(self) -> dict:
-        try:  # keep the model when it pickles (AutoGuide always drops it)
-            model = self._raw_model if pickle.dumps(self._raw_model) else None
-        except Exception:
-            model = None
-        return {**super().__getstate__(), "_raw_model": model}
 
     def get_base_dist(self) -> dist.TorchDistribution:
         loc = self._layers[-1].loc
