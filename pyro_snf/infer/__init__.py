@@ -1,8 +1,10 @@
-"""Pyro inference with SNFs: the ``AutoSNF`` autoguide, the vectorised model potential, and
-importance sampling with log evidence, ESS and PSIS k-hat for any guide."""
+"""Pyro inference with SNFs: ``sample_posterior`` (one call from a model to a posterior and its
+evidence), the ``AutoSNF`` autoguide, the vectorised model potential, and importance sampling with
+log evidence, ESS and PSIS k-hat for any guide."""
 
 from pyro_snf.infer.autoguide import AutoSNF
 from pyro_snf.infer.importance import importance_sample
+from pyro_snf.infer.posterior import sample_posterior
 from pyro_snf.infer.potential import LatentSite, ModelPotential, latent_sites
 from pyro_snf.infer.result import ImportanceResult
 
@@ -13,4 +15,5 @@ __all__ = [
     "ModelPotential",
     "importance_sample",
     "latent_sites",
+    "sample_posterior",
 ]

@@ -76,6 +76,8 @@ class ImportanceResult:
         e.g. an SNF guide's ``+inf`` for particles frozen at NaN energies), given zero weight;
         ``num_zero_weight`` counts these plus legitimate zeros (``log p = -inf``).
     :ivar log_model: ``log p(data, latents)`` per particle; ``log_guide``: ``log q`` per particle.
+    :ivar warnings: what the producer's checks found (e.g. :func:`~pyro_snf.infer.sample_posterior`);
+        ``modes``, ``prior_log_evidence``: its per-mode table and prior check (None otherwise).
     """
 
     log_weights: Tensor
@@ -86,6 +88,9 @@ class ImportanceResult:
     log_guide: Tensor | None = None
     sites: dict[str, SiteInfo] = field(default_factory=dict)
     prior_sites: tuple[str, ...] = ()
+    warnings: list[str] = field(default_factory=list)
+    modes: list[dict[str, Any]] | None = None
+    prior_log_evidence: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         self.weights = ImportanceWeights(self.log_weights)
@@ -237,6 +242,7 @@ class ImportanceResult:
         ]
         if self.prior_sites:
             lines.append(f"  drawn from the model prior (not in the guide): {', '.join(self.prior_sites)}")
+        lines += [f"  warning: {w}" for w in self.warnings]
         lines += ["", *self._site_table(max_site_size, probs), "", _NOTE]
         return "\n".join(lines)
 
