@@ -77,7 +77,8 @@ def config_fingerprint(blocks: Sequence[StochasticBlock], latent_dim: int, *, fl
             "blocks": ",".join(type(b).__name__ for b in blocks),
             "betas": ",".join(f"{float(torch.as_tensor(b.beta).detach()):.4g}" for b in blocks),
             "flow": flow if isinstance(flow, str) else getattr(flow, "__qualname__", type(flow).__name__),
-            "hidden_dims": "default" if hidden_dims is None else str(list(hidden_dims)), "base": base}
+            "hidden_dims": "default" if hidden_dims is None else str(list(hidden_dims)), "base": base,
+            **({"flow_net": "readout 1/fan_in"} if flow in ("coupling", "iaf") else {})}
 
 
 def config_differences(saved: dict[str, str], ours: dict[str, str]) -> list[str]:
