@@ -129,7 +129,7 @@ def _grad_hess(pot: ModelPotential, x: Tensor, dense: bool) -> tuple[Tensor, Ten
         else:  # Hutchinson: E[v * Hv] = diag H for Rademacher v
             h = torch.zeros_like(x)
             for _ in range(64):
-                v = torch.randint(0, 2, x.shape, dtype=x.dtype) * 2 - 1
+                v = torch.randint(0, 2, x.shape, dtype=x.dtype, device=x.device) * 2 - 1
                 (hv,) = torch.autograd.grad((g * v).sum(), x, retain_graph=True)
                 h = h + v * hv / 64
     return u.detach(), g.detach(), torch.nan_to_num(h.detach(), nan=0.0)
@@ -164,7 +164,7 @@ def optimize(pot: ModelPotential, x: Tensor, num_adam_steps: int = 100, num_newt
         step_lr = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t / num_adam_steps)))
         x = x - step_lr * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
     x = x.detach()
-    lam = torch.full(x.shape[:1], 1e-3, dtype=x.dtype)
+    lam = torch.full(x.shape[:1], 1e-3, dtype=x.dtype, device=x.device)
     u, g, h = _grad_hess(pot, x, dense)
     for _ in range(num_newton_steps):
         step = _newton_step(g, h, lam)
@@ -237,7 +237,7 @@ def assign_modes(modes: list[Mode], x: Tensor) -> Tensor:
     """Index of the mode whose Laplace term ``log mass_k + log N(x; loc_k, H_k^-1)`` is largest, for
     ``x`` of shape ``(N, D)``: a deterministic partition of the space (ties go to the lower index)."""
     if len(modes) == 1:
-        return torch.zeros(x.shape[0], dtype=torch.long)
+        return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     scores = torch.stack([m.log_density(x) for m in modes], -1)
     return torch.nan_to_num(scores, nan=-math.inf).argmax(-1)
 
