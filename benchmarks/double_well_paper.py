@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
             train_paper_protocol(snf, data, iterations=tuple(args.iterations))
             train_seconds = time.perf_counter() - start
             row = {**evaluate(snf, target, args.num_sets, args.set_size), "train_seconds": train_seconds,
-                   "seed": seed, "step_sizes": [float(b.step_size) for b in snf.blocks],
-                   "betas": [float(b.beta) for b in snf.blocks]}
+                   "seed": seed, "step_sizes": [float(b.step_size.detach()) for b in snf.blocks],
+                   "betas": [float(torch.as_tensor(b.beta).detach()) for b in snf.blocks]}
             results[variant].append(row)
             print(f"seed {seed} {variant:>14}: F err rew {row['free_energy_error_reweighted']:.3f} "
                   f"unw {row['free_energy_error_unweighted']:.3f} logZ err {row['log_Z_error']:+.4f} "
