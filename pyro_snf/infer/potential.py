@@ -128,9 +128,10 @@ class _ScoreMessenger(Messenger):
     """Conditions the latents on ``values``, hides every message from outer handlers (as
     ``poutine.block``) and accumulates each scored sample site's log-density per particle."""
 
-    def __init__(self, values: dict[str, Tensor], n: int, dim: int, like: Tensor) -> None:
+    def __init__(self, values: dict[str, Tensor], n: int, dim: int, like: Tensor,
+                 nonfinite_obs: dict[str, tuple[Tensor, bool]]) -> None:
         super().__init__()
-        self.values, self.n, self.dim = values, n, dim
+        self.values, self.n, self.dim, self.nonfinite_obs = values, n, dim, nonfinite_obs
         self.log_p = like.new_zeros(n)
 
     def _process_message(self, msg: Any) -> None:
@@ -150,12 +151,24 @@ class _ScoreMessenger(Messenger):
         if msg["type"] != "sample" or site_is_subsample(msg) or msg["infer"].get("_do_not_score"):
             return
         value = msg["value"]
-        if msg["name"] not in self.values:  # observed data
-            value = _fill_masked(msg["fn"], msg["mask"], value)
+        if msg["name"] not in self.values and _has_nonfinite(self.nonfinite_obs, msg["name"], value):
+            value = _fill_masked(msg["fn"], msg["mask"], value)  # masked-out NaN/inf observations
         lp = msg["fn"].log_prob(value, *msg["args"], **msg["kwargs"])
         lp = torch.as_tensor(scale_and_mask(lp, msg["scale"], msg["mask"]), dtype=self.log_p.dtype,
                              device=self.log_p.device)
         self.log_p = self.log_p + per_particle_sum(lp, self.n, self.dim, msg["name"])
+
+
+def _has_nonfinite(cache: dict[str, tuple[Tensor, bool]], name: str, value: Any) -> bool:
+    """Whether an observed value holds NaN/inf, computed once per value object (one host sync), not at
+    every energy evaluation."""
+    hit = cache.get(name)
+    if hit is not None and hit[0] is value:
+        return hit[1]
+    flag = (torch.is_tensor(value) and value.is_floating_point()
+            and bool((~torch.isfinite(value.detach())).any()))
+    cache[name] = (value, flag)
+    return flag
 
 
 def _fill_masked(fn: Any, mask: Any, value: Any) -> Any:
@@ -198,6 +211,7 @@ class ModelPotential:
         self.max_plate_nesting = int(max_plate_nesting)
         self.dim = sum(site.size for site in self.sites)
         self._transforms = [biject_to(site.support) for site in self.sites]
+        self._nonfinite_obs: dict[str, tuple[Tensor, bool]] = {}  # observed site -> (value, has NaN/inf)
 
     @classmethod
     def from_model(cls, model: Callable, *args: Any, **kwargs: Any) -> ModelPotential:
@@ -255,8 +269,8 @@ class ModelPotential:
         n = flat.shape[0]
         dim = particle_dim(self.max_plate_nesting)
         values, ladj = self.constrain(flat, -dim - 1)
-        with pyro.validation_enabled(False), _ScoreMessenger(values, n, dim, flat) as scorer, \
-                pyro.plate(_PLATE, n, dim=dim):
+        scorer = _ScoreMessenger(values, n, dim, flat, self._nonfinite_obs)
+        with pyro.validation_enabled(False), scorer, pyro.plate(_PLATE, n, dim=dim):
             self.model(*self.args, **self.kwargs)
         return scorer.log_p.reshape(x.shape[:-1]), ladj.reshape(x.shape[:-1])
 
