@@ -26,7 +26,10 @@ setup(
         # tqdm.auto, which Pyro imports, from warning in the notebooks)
         "test": ["pytest>=7", "ruff>=0.5", "scipy>=1.10", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6",
                  "ipywidgets>=8"],
-        "benchmarks": ["scipy>=1.10", "normflows>=1.7"],
+        # peers of the benchmarks (never imported by the package)
+        "benchmarks": ["scipy>=1.10", "normflows>=1.7", "pymc>=5.10"],
+        # molecular Boltzmann generators: OpenMM systems and their test systems (about 0.7 GB)
+        "molecules": ["openmm>=8.0", "openmmtools>=0.23"],
         "docs": ["nbformat>=5", "nbclient>=0.7", "ipykernel>=6", "ipywidgets>=8"],
     },
     entry_points={"console_scripts": ["pyro-snf=pyro_snf.__main__:main"]},

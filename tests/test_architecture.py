@@ -21,7 +21,7 @@ LAYERS: list[list[str]] = [
     ["pyro_snf.blocks"],
     ["pyro_snf.path"],
     ["pyro_snf.distribution"],
-    ["pyro_snf.train", "pyro_snf.architectures"],
+    ["pyro_snf.train", "pyro_snf.architectures", "pyro_snf.molecules"],
     ["pyro_snf.infer"],
     ["pyro_snf.examples", "pyro_snf.__main__"],
 ]
@@ -103,3 +103,10 @@ def test_registries_hold_exported_classes():
         assert getattr(blocks, cls.__name__) is cls, name
         assert isinstance(cls.metropolis_adjusted, bool)
     assert {"none", "coupling", "iaf", "affine", "real_nvp", "spline"} <= set(transforms.FLOWS)
+
+
+def test_only_examples_import_the_molecules_extra():
+    """openmm is an optional extra: nothing in the core package may import ``pyro_snf.molecules``."""
+    offenders = [m for m in MODULES if not m.startswith(("pyro_snf.molecules", "pyro_snf.examples"))
+                 and any(i.startswith("pyro_snf.molecules") for i in _imports(m))]
+    assert offenders == []
