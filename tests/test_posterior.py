@@ -177,3 +177,27 @@ def test_diagonal_hessian_fallback_finds_the_same_optimum():
     assert torch.allclose(dense[0].loc, diag[0].loc, atol=1e-2)
     assert bool((diag[0].hessian == torch.diag(diag[0].hessian.diagonal())).all())
     assert bool((diag[0].hessian.diagonal() > 0).all())
+
+
+# -- a funnel: the centred fit fails, the non-centred one is pooled with the prior draws ------------
+def test_a_funnel_is_refitted_non_centred_and_matches_quadrature():
+    from benchmarks.hard.cases import funnel_data, funnel_model
+    from benchmarks.hard.exact import funnel
+
+    (y,) = funnel_data()
+    ref = funnel(y)
+    res = sample_posterior(funnel_model, y, seed=0, **FAST)
+    assert any("non-centred (v, x)" in w for w in res.warnings)
+    assert "pools" in res.warnings[-1] and res.khat < 0.7
+    assert abs(res.log_evidence - ref["log_z"]) < max(4 * res.log_evidence_stderr, 0.05)
+    v_mean, v_se = _weighted_mean_and_se(res, res.samples["v"])
+    assert abs(v_mean - ref["mean"][0]) < 4 * v_se + 0.05 * ref["sd"][0]
+    assert set(res.samples) == {"v", "x"}  # the original sites; the pooled parts share no others
+
+
+def test_reparam_none_keeps_the_centred_fit_and_its_warnings():
+    from benchmarks.hard.cases import funnel_data, funnel_model
+
+    with pytest.warns(UserWarning, match="k-hat"):
+        res = sample_posterior(funnel_model, *funnel_data(), seed=0, reparam=None, num_prior_samples=0, **FAST)
+    assert not any("non-centred" in w for w in res.warnings) and res.khat > 0.7

@@ -57,20 +57,21 @@ from typing import Any
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_snf.diagnostics.arviz_compat import KHAT_THRESHOLD, psis_khat
+from pyro_snf.diagnostics.arviz_compat import psis_khat
 from pyro_snf.infer import multistart as ms
 from pyro_snf.infer.autoguide import AutoSNF
+from pyro_snf.infer.decenter import decentered, normal_sites
 from pyro_snf.infer.importance import importance_sample
+from pyro_snf.infer.pooling import pool, reliable
+from pyro_snf.infer.posterior_checks import checks, fmt, prior_draws
 from pyro_snf.infer.potential import ModelPotential
 from pyro_snf.infer.result import ImportanceResult, SiteInfo
 from pyro_snf.infer.tracing import sample_sites, trace_model
-from pyro_snf.weights import ImportanceWeights
 
 __all__ = ["sample_posterior"]
 
@@ -82,7 +83,8 @@ def sample_posterior(
     progress_bar: bool = True, num_starts: int = 16, num_svi_steps: int = 1000, num_block_steps: int = 50,
     num_blocks: int = 4, flow: str | Callable = "none", num_particles: int = 16, lr: float = 0.05,
     init_loc_fn: Callable | None = init_to_median, max_modes: int = 8, max_dense_dim: int = 300,
-    num_prior_samples: int | None = None, guide_kwargs: dict | None = None, **model_kwargs: Any,
+    num_prior_samples: int | None = None, guide_kwargs: dict | None = None, reparam: str | None = "auto",
+    **model_kwargs: Any,
 ) -> ImportanceResult:
     """Weighted posterior draws and the log evidence of ``model(*args, **model_kwargs)``; see the
     module docstring for the algorithm, the checks and what they cannot see.
@@ -101,6 +103,9 @@ def sample_posterior(
         the Hessian is only estimated on its diagonal (Hutchinson), and the Laplace start is diagonal.
     :param num_prior_samples: prior draws of the prior check (default ``num_samples``; 0: off).
     :param guide_kwargs: more ``AutoSNF`` keywords (``block``, ``block_kwargs``, ``hidden_dims``, ...).
+    :param reparam: ``"auto"``: when the guides' weights are unreliable and the model has latent Normal
+        sites, fit again with them non-centred (Pyro's ``LocScaleReparam(centered=0)``) and pool both
+        runs; ``None``: never.
     :returns: an :class:`~pyro_snf.infer.result.ImportanceResult` with ``warnings``, ``modes`` and
         ``prior_log_evidence`` attributes.
 
@@ -111,49 +116,72 @@ def sample_posterior(
     """
     if seed is not None:
         pyro.set_rng_seed(seed)
-    notes: list[str] = []
-    pot = ModelPotential.from_model(model, *args, **model_kwargs)
-    sites = _site_infos(pot)
-    store = pyro.get_param_store()
-    before = set(store.keys())
+    train = (num_svi_steps, num_block_steps, num_particles, lr,
+             {"num_blocks": num_blocks, "flow": flow, **(guide_kwargs or {})})
+    fit = (num_samples, num_starts, init_loc_fn, max_modes, max_dense_dim, train)
     with tqdm(total=2, disable=not progress_bar, desc="multi-start MAP") as bar:
-        all_modes = ms.find_modes(pot, num_starts, init_loc_fn, max_dense_dim)
-        if not all_modes:
-            raise RuntimeError("no start reached a finite energy: the model's density is zero or NaN at "
-                               "every start (check the model and its data)")
-        if not all_modes[0].positive_definite:
-            notes.append("no start reached an optimum with a positive-definite Hessian (unbounded or "
-                         "flat posterior?): the guide starts from a floored Laplace approximation")
-        frac = ms.mass_fractions(all_modes)
-        keep = [i for i in range(len(all_modes)) if frac[i] >= 1e-3][:max_modes]
-        notes += [f"a mode at {_fmt(pot, sites, all_modes[i].loc)} with Laplace mass fraction {frac[i]:.3f} "
-                  "got no guide (max_modes): its mass is missing" for i in range(len(all_modes))
-                  if i not in keep and frac[i] >= 0.01]
-        modes = [all_modes[i] for i in keep]
-        if num_samples < 2 * len(modes):
-            raise ValueError(f"num_samples = {num_samples} is too small for {len(modes)} modes (>= 2 each)")
-        counts = _allocate(num_samples, ms.mass_fractions(modes))
-        bar.update(1)
-        bar.total += len(modes) * num_svi_steps
-        bar.refresh()
-        parts, train = [], (num_svi_steps, num_block_steps, num_particles, lr,
-                            {"num_blocks": num_blocks, "flow": flow, **(guide_kwargs or {})})
-        try:
-            for k, (mode, n_k) in enumerate(zip(modes, counts)):
-                bar.set_description(f"mode {k + 1}/{len(modes)}: SVI")
-                parts.append(_fit_and_sample(pot, sites, mode, f"{_NAME}_{k}", n_k, train, bar))
-        finally:
-            for key in set(store.keys()) - before:
-                if key.startswith(_NAME):
-                    del store[key]
-        bar.set_description("checks")
-        res, x = _combine(pot, sites, modes, counts, parts, num_samples)
-        prior = _prior_check(model, args, model_kwargs,
-                             num_samples if num_prior_samples is None else num_prior_samples)
-        res.warnings = notes + _checks(pot, sites, modes, counts, res, x, prior)
+        num_prior = num_samples if num_prior_samples is None else num_prior_samples
+        prior = prior_draws(model, args, model_kwargs, num_prior)
+        runs = [_fit_modes(model, args, model_kwargs, fit, prior, bar)]
+        names = normal_sites(trace_model(model, args, model_kwargs))
+        if reparam == "auto" and not reliable(runs[0]) and names:
+            bar.set_description("non-centred")
+            runs.append(_fit_modes(decentered(model), args, model_kwargs, fit, None, bar))
+            label = f"non-centred ({', '.join(names)})"
+            if reliable(runs[1]):  # the centred run's failures matter no more: one line says why it is out
+                runs[0].warnings = [f"the centred parametrisation's guides were unreliable (k-hat "
+                                    f"{runs[0].khat:.2f}): the {label} parametrisation's guides are used"]
+            for run, kind in zip(runs, ("centred", label)):
+                run.warnings = [w if w.startswith("the centred") else f"{kind} parametrisation: {w}"
+                                for w in run.warnings]
+        res = pool(runs, prior)
         bar.update(1)
     for msg in res.warnings:
         warnings.warn(msg, UserWarning, stacklevel=2)
+    return res
+
+
+def _fit_modes(model: Callable, args: tuple, kwargs: dict, fit: tuple, prior: ImportanceResult | None,
+               bar: Any) -> ImportanceResult:
+    """Multi-start, one whitened AutoSNF per mode, the exact combination and the checks: the guides'
+    result (``warnings``, ``modes``, ``prior_log_evidence`` set)."""
+    num_samples, num_starts, init_loc_fn, max_modes, max_dense_dim, train = fit
+    notes: list[str] = []
+    pot = ModelPotential.from_model(model, *args, **kwargs)
+    sites = _site_infos(pot)
+    store = pyro.get_param_store()
+    before = set(store.keys())
+    all_modes = ms.find_modes(pot, num_starts, init_loc_fn, max_dense_dim)
+    if not all_modes:
+        raise RuntimeError("no start reached a finite energy: the model's density is zero or NaN at "
+                           "every start (check the model and its data)")
+    if not all_modes[0].positive_definite:
+        notes.append("no start reached an optimum with a positive-definite Hessian (unbounded or "
+                     "flat posterior?): the guide starts from a floored Laplace approximation")
+    frac = ms.mass_fractions(all_modes)
+    keep = [i for i in range(len(all_modes)) if frac[i] >= 1e-3][:max_modes]
+    notes += [f"a mode at {fmt(pot, sites, all_modes[i].loc)} with Laplace mass fraction {frac[i]:.3f} "
+              "got no guide (max_modes): its mass is missing" for i in range(len(all_modes))
+              if i not in keep and frac[i] >= 0.01]
+    modes = [all_modes[i] for i in keep]
+    if num_samples < 2 * len(modes):
+        raise ValueError(f"num_samples = {num_samples} is too small for {len(modes)} modes (>= 2 each)")
+    counts = _allocate(num_samples, ms.mass_fractions(modes))
+    bar.update(1)
+    bar.total += len(modes) * train[0] + 1
+    bar.refresh()
+    parts = []
+    try:
+        for k, (mode, n_k) in enumerate(zip(modes, counts)):
+            bar.set_description(f"mode {k + 1}/{len(modes)}: SVI")
+            parts.append(_fit_and_sample(pot, sites, mode, f"{_NAME}_{k}", n_k, train, bar))
+    finally:
+        for key in set(store.keys()) - before:
+            if key.startswith(_NAME):
+                del store[key]
+    bar.set_description("checks")
+    res, x = _combine(pot, sites, modes, counts, parts, num_samples)
+    res.warnings = notes + checks(pot, sites, modes, counts, res, x, prior)
     return res
 
 
@@ -222,77 +250,3 @@ def _site_infos(pot: ModelPotential) -> dict[str, SiteInfo]:
             for s in sample_sites(tr) if s["name"] in names}
 
 
-def _checks(pot: ModelPotential, sites: dict[str, SiteInfo], modes: list[ms.Mode], counts: list[int],
-            res: ImportanceResult, x: Tensor, prior: ImportanceResult | None) -> list[str]:
-    notes, n, where = [], res.num_samples, lambda m: _fmt(pot, sites, m.loc)
-    if res.khat > KHAT_THRESHOLD:
-        notes.append(f"PSIS k-hat = {res.khat:.2f} > {KHAT_THRESHOLD}: the weights are heavy-tailed; the "
-                     "guide under-covers posterior mass and the estimates are not trustworthy")
-    elif res.khat > 0.5:
-        notes.append(f"PSIS k-hat = {res.khat:.2f} in (0.5, {KHAT_THRESHOLD}]: heavy-tailed weights, so the "
-                     "standard error (computed from the same weights) is optimistic: estimates several SEs "
-                     "off are common; trust the evidence to a few SEs, or draw more / train longer")
-    alive = bool(torch.isfinite(res.log_weights).any())
-    draws = x[res.resample_indices(min(n, 4000))] if alive else x[:0]
-    radius, frac, start, res.modes = math.sqrt(ms.chi2_quantile(pot.dim)), ms.mass_fractions(modes), 0, []
-    for k, (mode, n_k) in enumerate(zip(modes, counts)):
-        lw = res.log_weights[start:start + n_k]
-        start += n_k
-        outside = float((lw == -math.inf).float().mean())
-        iw = ImportanceWeights(lw - math.log(n / n_k))
-        share = float((torch.logsumexp(lw, 0) - torch.logsumexp(res.log_weights, 0)).exp()) if alive else 0.0
-        res.modes.append({"loc": _constrained(pot, sites, mode.loc), "laplace_log_mass": mode.log_mass,
-                          "log_evidence": float(iw.log_evidence), "num_samples": n_k,
-                          "log_evidence_stderr": float(iw.log_evidence_stderr), "fraction_outside": outside,
-                          "num_starts": mode.count})
-        if outside > 0.5:
-            notes.append(f"{100 * outside:.0f}% of the draws of the guide started at the mode at "
-                         f"{where(mode)} fall in other modes' regions: it drifted away from its mode")
-        near = bool((mode.mahalanobis(draws) < radius).any())
-        if frac[k] >= 0.01 and share < 0.1 * frac[k] and not near:
-            notes.append(f"the guide may miss a mode at {where(mode)} (Laplace mass fraction "
-                         f"{frac[k]:.3f}, weighted draws {share:.3g}, no resampled draw near it)")
-    halves = [ImportanceWeights(res.log_weights[i::2]) for i in (0, 1)]
-    diff = abs(float(halves[0].log_evidence - halves[1].log_evidence))
-    se = math.hypot(float(halves[0].log_evidence_stderr), float(halves[1].log_evidence_stderr))
-    if diff > 4 * se:
-        notes.append(f"the two halves of the particles disagree on the log evidence by {diff:.3g} "
-                     f"(> 4 combined standard errors, {se:.3g}): the weights are unreliable")
-    res.prior_log_evidence = None
-    if prior is not None:
-        res.prior_log_evidence = (prior.log_evidence, prior.log_evidence_stderr, prior.ess)
-        (value, se_p, ess), z, se_z = res.prior_log_evidence, res.log_evidence, res.log_evidence_stderr
-        if ess >= 5 and value - z > 4 * math.hypot(se_p, se_z):
-            xp = ms.pack(pot, prior.samples, prior.num_samples)  # the heaviest prior draw away from all modes
-            far = torch.stack([m.mahalanobis(xp) for m in modes]).min(0).values > radius
-            lw = torch.where(far, prior.log_weights, torch.full_like(prior.log_weights, -math.inf))
-            at = f" (its heaviest draw away from the modes found: {_fmt(pot, sites, xp[lw.argmax()])})" \
-                if bool(far.any()) else ""
-            notes.append(f"importance sampling from the prior gives log evidence {value:.3f} +- {se_p:.3f}, "
-                         f"{value - z:.3f} above the guides' {z:.3f} +- {se_z:.3f}: the guides miss "
-                         f"posterior mass, a mode the multi-start did not find?{at}")
-    return notes
-
-
-def _prior_check(model: Callable, args: tuple, kwargs: dict, num: int) -> ImportanceResult | None:
-    """Importance sampling with the prior as the proposal."""
-    if num <= 0:
-        return None
-    prior = poutine.block(model, hide_fn=lambda msg: msg["type"] == "sample" and msg["is_observed"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = importance_sample(model, prior, *args, num_samples=num, warn=False, **kwargs)
-    return r
-
-
-def _constrained(pot: ModelPotential, sites: dict[str, SiteInfo], x: Tensor) -> dict[str, Tensor]:
-    values, _ = pot.constrain(x[None])
-    return {k: v.reshape(sites[k].shape).detach() for k, v in values.items()}
-
-
-def _fmt(pot: ModelPotential, sites: dict[str, SiteInfo], x: Tensor) -> str:
-    items = []
-    for name, v in _constrained(pot, sites, x).items():
-        vals = ", ".join(f"{float(a):.3g}" for a in v.reshape(-1)[:4]) + (", ..." if v.numel() > 4 else "")
-        items.append(f"{name}={vals if v.numel() == 1 else '[' + vals + ']'}")
-    return ", ".join(items)
