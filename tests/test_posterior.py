@@ -199,5 +199,6 @@ def test_reparam_none_keeps_the_centred_fit_and_its_warnings():
     from benchmarks.hard.cases import funnel_data, funnel_model
 
     with pytest.warns(UserWarning, match="k-hat"):
-        res = sample_posterior(funnel_model, *funnel_data(), seed=0, reparam=None, num_prior_samples=0, **FAST)
+        res = sample_posterior(funnel_model, *funnel_data(), seed=0, reparam=None, num_prior_samples=0,
+                               **FAST)
     assert not any("non-centred" in w for w in res.warnings) and res.khat > 0.7

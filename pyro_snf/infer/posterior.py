@@ -19,6 +19,16 @@ Algorithm (``u``: the model's unconstrained energy, :class:`~pyro_snf.infer.pote
    sum_k Zhat_k``, each term unbiased for ``int_{R_k} exp(-u)``, so the evidence is unbiased and
    self-normalised expectations consistent. The iid standard error of the pooled weights is
    conservative when the allocation is off. One mode: plain importance sampling.
+   With one mode whose Laplace start is degenerate (no positive-definite Hessian: a funnel's spike)
+   or only diagonal (``D > max_dense_dim``), a diagonal Gaussian fitted by the ELBO from the prior
+   median replaces it if its ELBO is higher (:mod:`~pyro_snf.infer.gaussian_start`).
+4. **Non-centred refit** (``reparam="auto"``): if those weights are unreliable (PSIS k-hat > 0.7 or
+   ESS < 20) and the model has latent Normal sites, steps 1-3 run again on the model with every such
+   site non-centred (:mod:`~pyro_snf.infer.decenter`; same evidence): a funnel's joint MAP collapses
+   (``tau -> 0``), its non-centred twin has a proper one.
+5. **Pooling** (:mod:`~pyro_snf.infer.pooling`): the reliable samplers among the guides (one or two
+   runs) and the prior check's draws are combined by inverse variance, each share fixed before the
+   weights are pooled, so the evidence stays unbiased for fixed shares; none reliable: the guides.
 
 Checks (a ``UserWarning`` each, also listed in ``result.warnings``): PSIS k-hat > 0.7 (and above
 0.5: the SE is optimistic); a mode with Laplace mass fraction >= 1% whose region holds under a tenth
@@ -41,7 +51,8 @@ Result: an :class:`~pyro_snf.infer.result.ImportanceResult` (constrained draws o
 ``pyro.deterministic`` site, ``sites`` for ArviZ; ``log_model``/``log_guide`` are ``None``: the pooled
 weights are not ``log p - log q`` of one guide) with extra attributes ``warnings`` (list of str),
 ``modes`` (per mode: constrained ``loc``, ``laplace_log_mass``, ``log_evidence`` and
-``log_evidence_stderr`` of its region, ``num_samples``, ``fraction_outside``, ``num_starts``) and
+``log_evidence_stderr`` of its region, ``num_samples``, ``fraction_outside``, ``num_starts``;
+``start`` of the first: ``"laplace"`` or ``"variational"``) and
 ``prior_log_evidence`` (``(value, stderr, ess)`` or ``None``). The guides are named
 ``_pyro_snf_sample_posterior_<k>``; their parameters are removed from Pyro's param store before
 returning, which is otherwise left as it was.
@@ -66,6 +77,7 @@ from pyro_snf.diagnostics.arviz_compat import psis_khat
 from pyro_snf.infer import multistart as ms
 from pyro_snf.infer.autoguide import AutoSNF
 from pyro_snf.infer.decenter import decentered, normal_sites
+from pyro_snf.infer.gaussian_start import better_start
 from pyro_snf.infer.importance import importance_sample
 from pyro_snf.infer.pooling import pool, reliable
 from pyro_snf.infer.posterior_checks import checks, fmt, prior_draws
@@ -163,7 +175,11 @@ def _fit_modes(model: Callable, args: tuple, kwargs: dict, fit: tuple, prior: Im
     notes += [f"a mode at {fmt(pot, sites, all_modes[i].loc)} with Laplace mass fraction {frac[i]:.3f} "
               "got no guide (max_modes): its mass is missing" for i in range(len(all_modes))
               if i not in keep and frac[i] >= 0.01]
-    modes = [all_modes[i] for i in keep]
+    modes, variational = [all_modes[i] for i in keep], False
+    if len(modes) == 1 and (not modes[0].positive_definite or pot.dim > max_dense_dim):
+        steps, _, particles, lr, _ = train  # a degenerate or diagonal Laplace start: try a fitted Gaussian
+        modes[0], variational = better_start(pot, modes[0], steps, particles, lr)
+        notes = [n for n in notes if not (variational and n.startswith("no start reached"))]
     if num_samples < 2 * len(modes):
         raise ValueError(f"num_samples = {num_samples} is too small for {len(modes)} modes (>= 2 each)")
     counts = _allocate(num_samples, ms.mass_fractions(modes))
@@ -182,6 +198,7 @@ def _fit_modes(model: Callable, args: tuple, kwargs: dict, fit: tuple, prior: Im
     bar.set_description("checks")
     res, x = _combine(pot, sites, modes, counts, parts, num_samples)
     res.warnings = notes + checks(pot, sites, modes, counts, res, x, prior)
+    res.modes[0]["start"] = "variational" if variational else "laplace"
     return res
 
 

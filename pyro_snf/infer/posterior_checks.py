@@ -7,6 +7,7 @@ import math
 import warnings
 from collections.abc import Callable
 
+import pyro
 import torch
 from pyro import poutine
 from torch import Tensor
@@ -74,11 +75,14 @@ def checks(pot: ModelPotential, sites: dict[str, SiteInfo], modes: list[ms.Mode]
 
 
 def prior_draws(model: Callable, args: tuple, kwargs: dict, num: int) -> ImportanceResult | None:
-    """Importance sampling with the prior as the proposal."""
+    """Importance sampling with the prior as the proposal. Validation is off, as inside
+    :class:`~pyro_snf.infer.potential.ModelPotential`: a prior draw that makes a distribution's
+    parameters invalid (e.g. an AR(1) path drawn with ``|phi|`` near 1 overflowing to NaN) gets zero
+    weight instead of stopping the whole fit."""
     if num <= 0:
         return None
     prior = poutine.block(model, hide_fn=lambda msg: msg["type"] == "sample" and msg["is_observed"])
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), pyro.validation_enabled(False):
         warnings.simplefilter("ignore")
         r = importance_sample(model, prior, *args, num_samples=num, warn=False, **kwargs)
     return r
