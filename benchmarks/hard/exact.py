@@ -20,7 +20,9 @@ from pyro_snf.examples.datasets import eight_schools, eight_schools_log_evidence
 LOG2PI = math.log(2 * math.pi)
 
 
-def _norm_logpdf(x: Tensor | np.ndarray | float, mean: Tensor | np.ndarray | float, var: Tensor | np.ndarray | float):
+def _norm_logpdf(
+    x: Tensor | np.ndarray | float, mean: Tensor | np.ndarray | float, var: Tensor | np.ndarray | float
+):
     if isinstance(x, torch.Tensor) or isinstance(mean, torch.Tensor) or isinstance(var, torch.Tensor):
         return -0.5 * (LOG2PI + torch.log(torch.as_tensor(var)) + (x - mean) ** 2 / var)
     return -0.5 * (LOG2PI + np.log(var) + (x - mean) ** 2 / var)
@@ -70,8 +72,12 @@ def mixture(y: Tensor, num_points: int = 1401, half_width: float = 7.0) -> dict:
     # 2-D trapezoid: inner over mu_2, then outer over mu_1
     inner = torch.stack([torch.tensor(_log_trapz(row, g)[0]) for row in f]).double()
     log_z, w1 = _log_trapz(inner, g)
-    w = torch.softmax((f + torch.log(_trapz_weights(g)).unsqueeze(0) + torch.log(_trapz_weights(g)).unsqueeze(1))
-                      .reshape(-1), 0)
+    w = torch.softmax(
+        (f + torch.log(_trapz_weights(g)).unsqueeze(0) + torch.log(_trapz_weights(g)).unsqueeze(1)).reshape(
+            -1
+        ),
+        0,
+    )
     pts = torch.stack([m1, m2], -1)
     mean, sd = _mix(w, pts, torch.zeros_like(pts))
     return _result(log_z, mean, sd, "quadrature (2-D grid over mu)")
@@ -99,7 +105,8 @@ def banana(y: float, num_points: int = 200_001) -> dict:
 
 
 def funnel(y: Tensor, num_points: int = 200_001) -> dict:
-    """``x`` integrates analytically: ``y_i | v ~ N(0, e^v + 1)``; ``x_i | v, y ~ N(r y_i, r)``, ``r = e^v / (e^v + 1)``."""
+    """``x`` integrates analytically: ``y_i | v ~ N(0, e^v + 1)``; ``x_i | v, y ~ N(r y_i, r)`` with
+    ``r = e^v / (e^v + 1)``."""
     y = y.double()
     v = torch.linspace(-35.0, 35.0, num_points, dtype=torch.float64)
     ev = torch.exp(v).unsqueeze(-1)
@@ -131,7 +138,9 @@ def eight_schools_centered(num_points: int = 200_001) -> dict:
     cond_mean = torch.cat([mu_mean, tau, th_mean], -1)
     cond_var = torch.cat([mu_var, torch.zeros_like(tau), th_var], -1)
     mean, sd = _mix(w, cond_mean, cond_var)
-    return _result(eight_schools_log_evidence(20_001), mean, sd, "quadrature over tau, mu and theta conjugate")
+    return _result(
+        eight_schools_log_evidence(20_001), mean, sd, "quadrature over tau, mu and theta conjugate"
+    )
 
 
 def regression(X: Tensor, y: Tensor, a0: float, b0: float, s0: Tensor) -> dict:
@@ -143,8 +152,14 @@ def regression(X: Tensor, y: Tensor, a0: float, b0: float, s0: Tensor) -> dict:
     vn = torch.linalg.inv(prec)
     mn = vn @ (X.T @ y)
     an, bn = a0 + n / 2, b0 + 0.5 * float(y @ y - mn @ prec @ mn)
-    log_z = (math.lgamma(an) - math.lgamma(a0) + a0 * math.log(b0) - an * math.log(bn)
-             + 0.5 * float(torch.logdet(vn) + torch.logdet(prec0)) - n / 2 * LOG2PI)
+    log_z = (
+        math.lgamma(an)
+        - math.lgamma(a0)
+        + a0 * math.log(b0)
+        - an * math.log(bn)
+        + 0.5 * float(torch.logdet(vn) + torch.logdet(prec0))
+        - n / 2 * LOG2PI
+    )
     s2_mean = bn / (an - 1)
     beta_sd = (s2_mean * vn.diagonal()).sqrt()
     mean = [s2_mean] + mn.tolist()
@@ -158,7 +173,9 @@ def hierarchical(y: Tensor, num_points: int = 40_001) -> dict:
     y = y.double()
     J, n = y.shape
     ybar = y.mean(-1)
-    within = float(-(n - 1) / 2 * LOG2PI * J - 0.5 * math.log(n) * J - 0.5 * ((y - ybar.unsqueeze(-1)) ** 2).sum())
+    within = float(
+        -(n - 1) / 2 * LOG2PI * J - 0.5 * math.log(n) * J - 0.5 * ((y - ybar.unsqueeze(-1)) ** 2).sum()
+    )
     tau = torch.linspace(0.0, 12.0, num_points, dtype=torch.float64)[1:]
     s2 = tau**2 + 1.0 / n
     c = 25.0
