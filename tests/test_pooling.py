@@ -27,12 +27,17 @@ def _z(res: ImportanceResult) -> float:
     return float(torch.logsumexp(res.log_weights.double(), 0) - math.log(res.num_samples))
 
 
+def _centred(log_w: torch.Tensor, log_z: float = -2.0) -> torch.Tensor:
+    """``log_w`` shifted so that its log mean weight is ``log_z``: samplers of the same evidence."""
+    return log_w - (torch.logsumexp(log_w, 0) - math.log(len(log_w))) + log_z
+
+
 @pytest.fixture
 def two_samplers():
     g = torch.Generator().manual_seed(0)
-    guides = _result(0.3 * torch.randn(4000, generator=g, dtype=torch.float64) - 2.0, warns=("g",),
+    guides = _result(_centred(0.3 * torch.randn(4000, generator=g, dtype=torch.float64)), warns=("g",),
                      extra=True)
-    prior = _result(1.5 * torch.randn(6000, generator=g, dtype=torch.float64) - 2.5)
+    prior = _result(_centred(1.5 * torch.randn(6000, generator=g, dtype=torch.float64)))
     return guides, prior
 
 
@@ -70,10 +75,19 @@ def test_nothing_reliable_or_a_negligible_gain_returns_the_guides(two_samplers):
 
 def test_two_guide_runs_and_the_prior():
     g = torch.Generator().manual_seed(1)
-    runs = [_result(torch.randn(3000, generator=g, dtype=torch.float64), khat=1.1, warns=("centred",)),
-            _result(0.2 * torch.randn(3000, generator=g, dtype=torch.float64), warns=("non-centred",))]
-    prior = _result(2.0 * torch.randn(3000, generator=g, dtype=torch.float64))
+    draw = lambda scale: _centred(scale * torch.randn(3000, generator=g, dtype=torch.float64))  # noqa: E731
+    runs = [_result(draw(1.0), khat=1.1, warns=("centred",)), _result(draw(0.2), warns=("non-centred",))]
+    prior = _result(_centred(1.0 * torch.randn(3000, generator=g, dtype=torch.float64)))
     out = pool(runs, prior)
     assert out.warnings[:2] == ["centred", "non-centred"]
     assert "guides 1" in out.warnings[-1] and "guides 0" not in out.warnings[-1]
     assert out.num_samples == 6000  # the unreliable run left out
+
+
+def test_a_sampler_far_below_another_gets_no_share(two_samplers):
+    """Reliable-looking guides that miss mass (log Z 0.5 below the prior's, SEs 0.01-0.03) are dropped."""
+    guides, prior = two_samplers
+    lifted = _result(prior.log_weights + (guides.log_evidence - prior.log_evidence) + 0.5)
+    assert reliable(guides) and reliable(lifted)
+    out = pool([guides], lifted)
+    assert out.num_samples == lifted.num_samples and _z(out) == pytest.approx(_z(lifted), abs=1e-10)

@@ -10,7 +10,10 @@ combination, so self-normalised expectations over the pooled draws are consisten
 ``lambda`` minimises the variance of the combination, ``lambda = V_p / (V_g + V_p)`` with
 ``V = (Zhat SE_log)^2``, among the *reliable* samplers only: PSIS k-hat <= 0.7 and an ESS of at least
 20. An unreliable sampler gets ``lambda = 0`` (its standard error cannot be trusted, so neither can a
-weight computed from it); if none is reliable the guides are kept alone. The same holds for more than
+weight computed from it); if none is reliable the guides are kept alone. A reliable sampler whose log
+evidence is over 4 combined SEs below another's gets no share either: both are unbiased in ``Z``, and
+importance sampling that misses mass (a banana's arm the guides never reach) errs low, with weights
+that look fine. The same holds for more than
 two samplers (``sample_posterior`` may add a non-centred run of the guides): shares ``1 / V_k``,
 normalised, over the reliable ones. ``lambda`` is estimated
 from the same draws, so the pooled estimate is consistent, not exactly unbiased (the effect is of the
@@ -40,6 +43,11 @@ def reliable(res: ImportanceResult) -> bool:
     return math.isfinite(res.log_evidence) and res.khat <= KHAT_THRESHOLD and res.ess >= MIN_ESS
 
 
+def _below(r: ImportanceResult, q: ImportanceResult) -> bool:
+    """``r``'s log evidence is over 4 combined SEs below ``q``'s: ``r`` misses mass that ``q`` sees."""
+    return q.log_evidence - r.log_evidence > 4 * math.hypot(r.log_evidence_stderr, q.log_evidence_stderr)
+
+
 def pool(runs: list[ImportanceResult], prior: ImportanceResult | None,
          min_gain: float = 0.05) -> ImportanceResult:
     """The pooled result of the guides' ``runs`` (one, or a centred and a non-centred one) and the prior
@@ -51,6 +59,7 @@ def pool(runs: list[ImportanceResult], prior: ImportanceResult | None,
     hold (constrained latents and deterministic sites of the original model).
     """
     parts = [r for r in runs + ([prior] if prior is not None else []) if reliable(r)]
+    parts = [r for r in parts if not any(_below(r, q) for q in parts)]
     labels = [f"guides {i}" if len(runs) > 1 else "guides" for i in range(len(runs))] + ["prior draws"]
     first = runs[0]
     warns = [w for r in runs for w in r.warnings]
