@@ -1,10 +1,12 @@
-"""Molecular targets: a torch energy read from an OpenMM ``System`` and seeded MD data.
+"""Molecular targets: a torch energy read from an OpenMM ``System``, seeded MD data and internal
+coordinates (a mixed Cartesian / Z-matrix transform with an exact log-determinant).
 
 Needs the optional extra ``pip install "pyro_snf[molecules]"`` (openmm, openmmtools) to build systems and
 run MD; this package imports without them (OpenMM is imported inside the functions that need it), and
 ``import pyro_snf`` does not import it.
 """
 
+from pyro_snf.molecules.internal import InternalEnergy, MixedTransform, alanine_dipeptide_transform
 from pyro_snf.molecules.md import ALA2_PHI, ALA2_PSI, alanine_dipeptide, simulate
 from pyro_snf.molecules.openmm_energy import (
     MOLAR_GAS_CONSTANT_R,
@@ -13,14 +15,21 @@ from pyro_snf.molecules.openmm_energy import (
     dihedral,
     linlogcut,
 )
+from pyro_snf.molecules.zmatrix import ALA2_ATOMS, ALA2_CARTESIAN, ALA2_Z_MATRIX
 
 __all__ = [
+    "ALA2_ATOMS",
+    "ALA2_CARTESIAN",
     "ALA2_PHI",
     "ALA2_PSI",
+    "ALA2_Z_MATRIX",
+    "InternalEnergy",
     "MOLAR_GAS_CONSTANT_R",
+    "MixedTransform",
     "ONE_4PI_EPS0",
     "OpenMMEnergy",
     "alanine_dipeptide",
+    "alanine_dipeptide_transform",
     "dihedral",
     "linlogcut",
     "simulate",
