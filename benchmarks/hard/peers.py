@@ -140,14 +140,21 @@ def final_log_evidence(stat: Any, chains: int) -> np.ndarray:
     (``beta == 1``); with several chains the stages are an object array, ``(chains, stages)`` when the
     chains ran the same number of stages and ``(chains,)`` of lists when they did not. This takes the
     last finite value of each chain's sequence."""
-    raw = np.asarray(getattr(stat, "values", stat), dtype=object)
-    rows = list(raw) if raw.ndim >= 1 and len(raw) == chains else [raw]
+    raw = getattr(stat, "values", stat)
+    rows = list(raw) if len(raw) == chains else [raw]
     out = []
     for row in rows:
-        seq = np.asarray(list(np.ravel(np.asarray(row, dtype=object))), dtype=np.float64).ravel()
+        seq = np.asarray(_flatten(row), dtype=np.float64)
         seq = seq[np.isfinite(seq)]
         out.append(seq[-1] if seq.size else math.nan)
     return np.asarray(out)
+
+
+def _flatten(x: Any) -> list[float]:
+    """Every number of a nested (possibly ragged) sequence or array, in order."""
+    if isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and x.ndim > 0):
+        return [v for item in x for v in _flatten(item)]
+    return [float(x)]
 
 
 def combine_log_evidence(log_z: np.ndarray) -> tuple[float, float | None]:
