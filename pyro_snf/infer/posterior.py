@@ -140,12 +140,11 @@ def sample_posterior(
             bar.set_description("non-centred")
             runs.append(_fit_modes(decentered(model), args, model_kwargs, fit, None, bar))
             label = f"non-centred ({', '.join(names)})"
-            if reliable(runs[1]):  # the centred run's failures matter no more: one line says why it is out
-                runs[0].warnings = [f"the centred parametrisation's guides were unreliable (k-hat "
-                                    f"{runs[0].khat:.2f}): the {label} parametrisation's guides are used"]
-            for run, kind in zip(runs, ("centred", label)):
-                run.warnings = [w if w.startswith("the centred") else f"{kind} parametrisation: {w}"
-                                for w in run.warnings]
+            if reliable(runs[1]):  # the first run's failures matter no more: one line says why it is out
+                runs[0].warnings = [f"the guides of the model as written were unreliable (k-hat "
+                                    f"{runs[0].khat:.2f}): the {label} model's guides are used"]
+            for run, kind in zip(runs, ("model as written", f"{label} model")):
+                run.warnings = [w if w.startswith("the guides of") else f"{kind}: {w}" for w in run.warnings]
         res = pool(runs, prior)
         bar.update(1)
     for msg in res.warnings:
