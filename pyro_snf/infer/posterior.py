@@ -44,8 +44,9 @@ that no guide visits contributes nothing, and every weight-based diagnostic (SE,
 halves) looks fine without it. Only two checks look beyond the guides: the multi-start (it finds a
 mode only if some start's basin leads there) and the prior estimate (it sees a missed mode only if
 enough prior draws land in it; informative data make it blind). With ``num_starts=0`` and an
-``init_loc_fn`` on one of two symmetric modes the result is ``log Z - log 2`` with a tiny SE, and only
-the prior check can flag it.
+``init_loc_fn`` on one of two symmetric modes the guides' estimate is ``log Z - log 2`` with a tiny SE;
+only the prior check can flag it (and then the pooling drops the guides for the prior draws); with
+``num_prior_samples=0`` that result comes back without a warning.
 
 Result: an :class:`~pyro_snf.infer.result.ImportanceResult` (constrained draws of every latent and
 ``pyro.deterministic`` site, ``sites`` for ArviZ; ``log_model``/``log_guide`` are ``None``: the pooled
