@@ -83,10 +83,10 @@ def better_start(pot: object, mode: ms.Mode, num_steps: int, num_particles: int,
     """``mode`` or the fitted Gaussian (as a :class:`~pyro_snf.infer.multistart.Mode` with a diagonal
     Hessian ``1/s^2``), whichever has the higher ELBO; the flag says whether it is the Gaussian."""
     start = ms.prior_starts(pot, 0)[0]  # the prior median: never the spike
-    m, s, value = fit_gaussian(pot, start, num_steps, num_particles, lr)
+    m, s, _ = fit_gaussian(pot, start, num_steps, num_particles, lr)
     eps = torch.randn((256, mode.loc.shape[-1]), dtype=mode.loc.dtype, device=mode.loc.device)
-    with torch.no_grad():
-        lap = float(elbo(pot, mode.loc, mode.scale_tril, eps))
+    with torch.no_grad():  # both ELBOs on the same draws
+        value, lap = float(elbo(pot, m, s, eps)), float(elbo(pot, mode.loc, mode.scale_tril, eps))
     if not value > lap:
         return mode, False
     with torch.no_grad():
