@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer.autoguide.initialization import init_to_value
 
+from benchmarks.hard import exact
+from benchmarks.hard.cases import regression_data, regression_model, two_modes_data, two_modes_model
 from pyro_snf.infer.multistart import find_modes
 from pyro_snf.infer.posterior import sample_posterior
 from pyro_snf.infer.potential import ModelPotential
@@ -22,44 +22,17 @@ from pyro_snf.infer.potential import ModelPotential
 FAST = {"num_samples": 4000, "num_svi_steps": 100, "num_block_steps": 10, "progress_bar": False}
 
 
-# -- normal-inverse-gamma linear regression: exact evidence and moments ---------------------------
-def nig_model(X, y, a0, b0, s0):
-    sigma2 = pyro.sample("sigma2", dist.InverseGamma(a0, b0))
-    scale = sigma2.sqrt()[..., None] * s0
-    beta = pyro.sample("beta", dist.Normal(torch.zeros(X.shape[1]), scale).to_event(1))
-    with pyro.plate("data", X.shape[0]):
-        pyro.sample("y", dist.Normal((X * beta).sum(-1), sigma2.sqrt()), obs=y)
+# -- normal-inverse-gamma linear regression: exact evidence and moments (the hard suite's cases) ---------
+nig_model = regression_model
 
 
 def nig_exact(X, y, a0, b0, s0):
-    """log Z, posterior mean and sd of beta (multivariate t), of sigma2 (inverse gamma), corr(beta)."""
-    X, y = X.double(), y.double()
-    n = X.shape[0]
-    prec0 = torch.diag(1 / s0.double() ** 2)
-    prec = prec0 + X.T @ X
-    vn = torch.linalg.inv(prec)
-    mn = vn @ (X.T @ y)
-    an, bn = a0 + n / 2, b0 + 0.5 * float(y @ y - mn @ prec @ mn)
-    log_z = (math.lgamma(an) - math.lgamma(a0) + a0 * math.log(b0) - an * math.log(bn)
-             + 0.5 * float(torch.logdet(vn) + torch.logdet(prec0)) - n / 2 * math.log(2 * math.pi))
-    cov = bn / (an - 1) * vn
-    sd = cov.diagonal().sqrt()
-    s2_mean = bn / (an - 1)
-    return {"log_z": log_z, "beta_mean": mn, "beta_sd": sd, "sigma2_mean": s2_mean,
-            "sigma2_sd": s2_mean / math.sqrt(an - 2), "corr": float(cov[0, 1] / (sd[0] * sd[1]))}
-
-
-def regression_data(design):
-    g = torch.Generator().manual_seed(0)
-    n = 50
-    if design == "scale":  # slope sd 0.0089, sigma2 sd 0.70: 79x apart
-        x = 28 * torch.randn(n, generator=g)
-        x = x - x.mean()
-    else:  # x in [4, 6]: corr(intercept, slope) = -0.993
-        x = torch.linspace(4.0, 6.0, n)
-    X = torch.stack([torch.ones(n), x], -1)
-    y = 1 + 0.5 * x + 2 * torch.randn(n, generator=g)
-    return X, y, 3.0, 3.0, torch.tensor([10.0, 10.0])
+    """log Z, posterior mean and sd of beta and sigma2 (``benchmarks.hard.exact.regression``), corr(beta)."""
+    ref = exact.regression(X, y, a0, b0, s0)
+    vn = torch.linalg.inv(torch.diag(1 / s0.double() ** 2) + X.double().T @ X.double())
+    return {"log_z": ref["log_z"], "beta_mean": torch.tensor(ref["mean"][1:], dtype=torch.float64),
+            "beta_sd": torch.tensor(ref["sd"][1:], dtype=torch.float64), "sigma2_mean": ref["mean"][0],
+            "sigma2_sd": ref["sd"][0], "corr": float(vn[0, 1] / (vn[0, 0] * vn[1, 1]).sqrt())}
 
 
 @pytest.fixture(scope="module", params=["scale", "corr"])
@@ -99,25 +72,15 @@ def test_result_is_an_importance_result_with_sites(regression):
 
 
 # -- a symmetric two-mode posterior: theta = +-1.5 ----------------------------------------------
-def two_mode_model(y):
-    theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
-    with pyro.plate("data", len(y)):
-        pyro.sample("y", dist.Normal(theta ** 2, 1.0), obs=y)
+two_mode_model = two_modes_model
 
 
 def two_mode_data():
-    y = torch.randn(20, generator=torch.Generator().manual_seed(1))
-    return y - y.mean() + 2.25
+    return two_modes_data()[0]
 
 
 def two_mode_log_z(y):
-    th = np.linspace(-4.0, 4.0, 400_001)
-    yn = y.double().numpy()
-    t2 = th ** 2
-    f = (-0.5 * th ** 2 - 0.5 * math.log(2 * math.pi) - len(yn) / 2 * math.log(2 * math.pi)
-         - 0.5 * (np.sum(yn ** 2) - 2 * t2 * yn.sum() + len(yn) * t2 ** 2))
-    top = f.max()
-    return float(top + np.log(np.trapezoid(np.exp(f - top), th)))
+    return exact.two_modes(y)["log_z"]
 
 
 def _weighted_mean_and_se(res, values):
