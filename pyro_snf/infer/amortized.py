@@ -39,18 +39,24 @@ log-density is the rest of the path density, ``-sum dS - sum log scale - log|det
 between the two, outside the plate (the blocks call the model, which opens that plate itself).
 ``TraceMeanField_ELBO`` is NOT supported (its analytic KL ignores a Delta's log-density).
 
-Gradients: noise is reparameterised, accept masks are constants, forces are differentiated, so the
-encoder, the decoder (``pyro.module`` inside the model) and learnable block parameters all get the
-path ELBO's gradient. ``block_kwargs={"detach_forces": True}`` treats forces as constants: weights
-stay exact, the gradient drops the terms through the forces (biased, cheaper). Adapted step sizes
-(the default for Metropolis-adjusted blocks) are constants for autograd and move only inside
-:meth:`AmortizedSNF.adapting`, toward the blocks' target acceptance averaged over all points.
+Flows (``num_flows=k``): ``k`` conditional affine couplings (``flow="coupling"``) or conditional IAFs
+(``"iaf"``) on ``w`` before each block, given a per-point context ``h_i``: the encoder's third output
+(``encoder(...) -> (loc, scale, context)``, ``context_dim=H``) or ``(loc_i, log scale_i)``
+(:mod:`~pyro_snf.infer.amortized_flows`). Their exact log-determinants are path terms in ``sum dS``, so
+the weights above stay exact; blocks after a flow target the same annealed energies of ``w``.
 
-Requirements: every sample site of the model inside the data plate (global latents raise a
-``NotImplementedError``: make them parameters, or use another guide for them), one continuous local
-latent site, a decoder that treats data points independently (no batch norm in training mode). With a
-subsampled plate the encoder may return rows for the call's ``B`` points or for all ``N`` points (the
-guide takes the subsample's rows).
+Gradients: noise is reparameterised, accept masks are constants, forces are differentiated, so the
+encoder, the decoder, the flows and learnable block parameters all get the path ELBO's gradient;
+``block_kwargs={"detach_forces": True}``: forces as constants (exact weights, biased cheaper gradient).
+Adapted step sizes (the default for Metropolis-adjusted blocks) are constants for autograd and move
+only inside :meth:`AmortizedSNF.adapting`, toward the blocks' target acceptance averaged over all points.
+
+Requirements: every sample site of the model inside the data plate, one continuous local latent site, a
+decoder that treats data points independently (no batch norm in training mode). A global latent raises
+a ``NotImplementedError`` that says what works: make it a parameter (``pyro.param``/``pyro.module``) fit
+by SVI, as a VAE's decoder weights are. With a subsampled plate the encoder may return rows for the
+call's ``B`` points or for all ``N`` (the guide takes the subsample's). Saving (param store,
+``torch.save``, ``state_dict``), checked against the configuration: :mod:`~pyro_snf.infer.amortized_saving`.
 
 Example::
 
@@ -92,9 +98,10 @@ from torch import Tensor, nn
 from pyro_snf.architectures import annealed_blocks
 from pyro_snf.blocks import BlockFactory, BlockInfo, StochasticBlock
 from pyro_snf.distribution import base_energy
-from pyro_snf.infer.amortized_parts import LocalLayout, LocalLogJoint, local_layout
+from pyro_snf.infer.amortized_flows import FLOW_KINDS, ConditionalFlows, check_encoder_output
+from pyro_snf.infer.amortized_parts import LocalLayout, LocalLogJoint, local_layout, not_adapting
+from pyro_snf.infer.amortized_saving import SavedAmortizedGuide, amortized_fingerprint
 from pyro_snf.infer.autoguide import DEFAULT_BLOCK_KWARGS
-from pyro_snf.infer.guide_parts import register_with_param_store
 from pyro_snf.infer.potential import _FiniteGrad
 from pyro_snf.path import forward_path
 from pyro_snf.weights import sanitize_log_weights
@@ -102,12 +109,13 @@ from pyro_snf.weights import sanitize_log_weights
 Energy = Callable[[Tensor], Tensor]
 
 
-class AmortizedSNF(nn.Module):
+class AmortizedSNF(SavedAmortizedGuide, nn.Module):
     """Amortized SNF guide for a local-latent model (see the module docstring for the math).
 
     :param model: the Pyro model; every sample site inside ``plate``, one continuous latent ``site``.
     :param encoder: a callable ``(*args, **kwargs) -> (loc, scale)`` of the model's arguments, each of
-        shape ``(B, D)`` (``scale > 0``); an ``nn.Module`` is registered (``pyro.module``) with the guide.
+        shape ``(B, D)`` (``scale > 0``), or ``-> (loc, scale, context)`` for the flows; an ``nn.Module``
+        is registered (``pyro.module``) with the guide, so its parameters train.
     :param site: the name of the local latent site.
     :param plate: the name of the data plate (may subsample).
     :param num_blocks: number of stochastic blocks (0: the plain Gaussian encoder).
@@ -116,16 +124,33 @@ class AmortizedSNF(nn.Module):
         (whitened units); e.g. ``detach_forces``, ``target_accept``, ``learn_step_size``.
     :param betas: annealing schedule (default: :func:`pyro_snf.architectures.default_betas`).
     :param blocks: ready-made blocks (instead of ``block``, ``num_blocks``, ``block_kwargs``, ``betas``).
+    :param num_flows: conditional flow layers before each block (0: none; one stage if no blocks),
+        :class:`~pyro_snf.infer.amortized_flows.ConditionalFlows`; they need ``latent_dim``.
+    :param flow: ``"coupling"`` (conditional affine couplings) or ``"iaf"`` (conditional IAF).
+    :param latent_dim: ``D``, unconstrained coordinates per data point (for the flows; checked on calls).
+    :param context_dim: ``H``, the size of the context the encoder returns as a third output
+        ``(loc, scale, context)``; None: the flows condition on ``(loc, log scale)`` (``H = 2 D``).
+    :param flow_hidden_dims: hidden sizes of the flow networks (Pyro's defaults if None).
     :param name: prefix in Pyro's param store and of the auxiliary site ``_<name>_base``.
     """
 
-    def __init__(self, model: Callable, encoder: Callable[..., tuple[Tensor, Tensor]], site: str = "z",
+    def __init__(self, model: Callable, encoder: Callable[..., tuple[Tensor, ...]], site: str = "z",
                  plate: str = "data", num_blocks: int = 2, block: str | type[StochasticBlock] | BlockFactory
                  = "mala", *, block_kwargs: dict | None = None, betas: Sequence[float] | None = None,
-                 blocks: Sequence[StochasticBlock] | None = None, name: str = "amortized_snf") -> None:
+                 blocks: Sequence[StochasticBlock] | None = None, num_flows: int = 0, flow: str = "coupling",
+                 latent_dim: int | None = None, context_dim: int | None = None,
+                 flow_hidden_dims: Sequence[int] | None = None, name: str = "amortized_snf") -> None:
         super().__init__()
         if not callable(encoder):
             raise TypeError(f"encoder must be a callable (*args, **kwargs) -> (loc, scale), got {encoder!r}")
+        if flow not in FLOW_KINDS:
+            raise ValueError(f"flow must be one of {list(FLOW_KINDS)}, got {flow!r}")
+        if num_flows and latent_dim is None:
+            raise ValueError(f"num_flows={num_flows} needs latent_dim=D (unconstrained coordinates per data "
+                             "point) to build the flow networks")
+        if context_dim is not None and not num_flows:
+            raise ValueError(f"context_dim={context_dim} is the size of the encoder's context for the "
+                             "conditional flows: pass num_flows >= 1 too, or drop context_dim")
         if blocks is None:
             block_kwargs = dict(block_kwargs or {})
             if isinstance(block, (str, type)):
@@ -137,9 +162,18 @@ class AmortizedSNF(nn.Module):
         self.encoder = encoder
         self.blocks = nn.ModuleList(blocks)
         self.site, self.plate, self.name = site, plate, name
+        self.latent_dim, self.context_dim = latent_dim, context_dim
+        h = 2 * latent_dim if context_dim is None and latent_dim is not None else context_dim
+        self.flows = ConditionalFlows(flow, latent_dim, h, max(len(blocks), 1), num_flows,
+                                      flow_hidden_dims) if num_flows else None
+        self.config = amortized_fingerprint(blocks, flow=flow, num_flows=num_flows, latent_dim=latent_dim,
+                                            context_dim=context_dim, hidden_dims=flow_hidden_dims)
 
     @property
     def model(self) -> Callable:
+        if self._model[0] is None:
+            raise RuntimeError("this AmortizedSNF was unpickled without its model (it did not pickle, e.g. a "
+                               "local function); its blocks need it: call guide.set_model(model)")
         return self._model[0]
 
     @property
@@ -164,27 +198,29 @@ class AmortizedSNF(nn.Module):
         """Trace the model once for these arguments: the plate's subsample, sizes and the latent's layout."""
         return local_layout(self.model, self.site, self.plate, args, kwargs)
 
-    def _register(self) -> None:
-        register_with_param_store(self.name, self, list(self.blocks))
+    def encode(self, layout: LocalLayout, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The encoder's ``(loc, scale, context)`` for the call's data points, checked: shapes ``(B, D)``
+        and ``(B, H)``; rows for all ``N`` points of a subsampled plate are reduced to the subsample's.
+        ``context`` is the encoder's third output, else ``(loc, log scale)`` when the guide has flows,
+        else None."""
+        if self.latent_dim is not None and layout.latent_dim != self.latent_dim:
+            raise ValueError(f"site {self.site!r} has {layout.latent_dim} unconstrained coordinates per data "
+                             f"point, but the guide was built with latent_dim={self.latent_dim}")
+        loc, scale, context = check_encoder_output(
+            self.encoder(*args, **kwargs), layout.size, layout.full_size, layout.latent_dim, layout.indices,
+            self.context_dim, self.plate, self.site)
+        if self.flows is not None and context is None:
+            context = torch.cat([loc, scale.log()], -1)
+        return loc, scale, context
 
-    def encode(self, layout: LocalLayout, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        """The encoder's ``(loc, scale)`` for the call's data points, checked: shape ``(B, D)``; rows for
-        all ``N`` points of a subsampled plate are reduced to the subsample's."""
-        out = self.encoder(*args, **kwargs)
-        if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(torch.is_tensor(t) for t in out)):
-            raise TypeError(f"encoder must return a pair of tensors (loc, scale), got {type(out).__name__}")
-        loc, scale = out
-        b, n, d = layout.size, layout.full_size, layout.latent_dim
-        if n != b and loc.shape == (n, d) and scale.shape == (n, d):
-            idx = layout.indices.to(loc.device)
-            loc, scale = loc[idx], scale[idx]
-        if loc.shape != (b, d) or scale.shape != (b, d):
-            raise ValueError(
-                f"encoder returned loc of shape {tuple(loc.shape)} and scale of shape {tuple(scale.shape)}; "
-                f"expected (B, D) = ({b}, {d}) each: B = {b} data points of plate {self.plate!r} in this call"
-                + (f" (or ({n}, {d}) for all {n} points, of which the guide takes the subsample)" if n != b
-                   else "") + f", D = {d} unconstrained coordinates of site {self.site!r}")
-        return loc, scale
+    def path_layers(self, context: Tensor | None) -> list:
+        """The path's layers for these per-point contexts: flow stage ``k`` (if any), then block ``k``."""
+        if self.flows is None:
+            return list(self.blocks)
+        out: list = []
+        for k in range(max(len(self.blocks), 1)):
+            out += self.flows.stage(k, context) + ([self.blocks[k]] if k < len(self.blocks) else [])
+        return out
 
     def _energies(self, layout: LocalLayout, args: tuple, kwargs: dict, loc: Tensor,
                   scale: Tensor) -> tuple[LocalLogJoint, Energy, Energy, Tensor]:
@@ -205,7 +241,7 @@ class AmortizedSNF(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         lay = self.layout(*args, **kwargs)
         self._register()
-        loc, scale = self.encode(lay, *args, **kwargs)
+        loc, scale, context = self.encode(lay, *args, **kwargs)
         log_joint, target, base, log_scale = self._energies(lay, args, kwargs, loc, scale)
         b, d, pad = lay.size, lay.latent_dim, (1,) * (-lay.dim - 1)
         plate = pyro.plate(lay.plate, lay.full_size, subsample=lay.indices, dim=lay.dim)
@@ -213,7 +249,7 @@ class AmortizedSNF(nn.Module):
             std = dist.Normal(loc.new_zeros((b,) + pad + (d,)), 1.0).to_event(1)
             w0 = pyro.sample(f"_{self.name}_base", std, infer={"is_auxiliary": True})
         lead = w0.shape[:w0.dim() - 2 - len(pad)]
-        w, sum_dS = forward_path(list(self.blocks), w0.reshape(-1, b, d), target, base)
+        w, sum_dS = forward_path(self.path_layers(context), w0.reshape(-1, b, d), target, base)
         z, ladj = log_joint.constrain(loc + scale * w)
         log_density = -(sum_dS + log_scale + ladj)
         with plate:
@@ -233,17 +269,18 @@ class AmortizedSNF(nn.Module):
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples}")
         lay = self.layout(*args, **kwargs)
         self._register()
-        loc, scale = self.encode(lay, *args, **kwargs)
+        loc, scale, context = self.encode(lay, *args, **kwargs)
         _, target, base, _ = self._energies(lay, args, kwargs, loc, scale)
+        layers = self.path_layers(context)
         chunk = int(chunk_size) if chunk_size else max(1, 2 ** 15 // lay.size)
         out = []
         with ExitStack() as stack:
             for blk in self.blocks:  # no adaptation while estimating
-                stack.enter_context(_not_adapting(blk))
+                stack.enter_context(not_adapting(blk))
             for start in range(0, int(num_samples), chunk):
                 m = min(chunk, int(num_samples) - start)
                 w0 = torch.randn((m, lay.size, lay.latent_dim), dtype=loc.dtype, device=loc.device)
-                w, sum_dS = forward_path(list(self.blocks), w0, target, base)
+                w, sum_dS = forward_path(layers, w0, target, base)
                 out.append(-target(w) + base(w0) + sum_dS)
         return sanitize_log_weights(torch.cat(out), what="paths", stacklevel=3)
 
@@ -261,18 +298,3 @@ class AmortizedSNF(nn.Module):
         se = torch.where(mean > 0, (var / (k * mean * mean)).sqrt(), torch.full_like(mean, float("inf")))
         return ll, se
 
-    # -- saving ------------------------------------------------------------------------------------
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """``nn.Module.load_state_dict``; the loaded values reach Pyro's param store too (the guide's
-        parameters are registered first, then overwritten in place)."""
-        self._register()
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-@contextmanager
-def _not_adapting(block: StochasticBlock) -> Iterator[None]:
-    previous, block._adapt_now = block._adapt_now, False
-    try:
-        yield
-    finally:
-        block._adapt_now = previous

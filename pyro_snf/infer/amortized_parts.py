@@ -36,7 +36,8 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ from torch import Tensor
 from torch.distributions import ComposeTransform, IndependentTransform, biject_to
 from torch.distributions.constraints import Constraint
 
+from pyro_snf.blocks import StochasticBlock
 from pyro_snf.infer.potential import _fill_masked, _has_nonfinite, _ScoreMessenger
 from pyro_snf.infer.tracing import (
     check_observed_finite,
@@ -144,8 +146,11 @@ def _check_site(s: dict, site: str, plate: str, dim: int, who: str) -> None:
         if not s["is_observed"]:
             raise NotImplementedError(
                 f"{who}: latent site {name!r} is outside plate {plate!r}: a global latent. {who} amortizes "
-                "local latents only: make global quantities parameters (pyro.param / pyro.module) and fit "
-                "them by SVI, or infer them with another guide (AutoSNF, AutoNormal) and hide them here")
+                f"local latents only. What works: make {name!r} a parameter (pyro.param, or the weights of "
+                "a pyro.module) and fit it by SVI with this guide, as a VAE's decoder weights are. What does "
+                "not: hiding it with poutine.block (the model would redraw it from its prior in every "
+                "energy evaluation: wrong weights), or AutoGuideList (its parts cannot pass one part's "
+                f"draw of {name!r} to another)")
         raise ValueError(f"{who}: observed site {name!r} is outside plate {plate!r}; the log joint must "
                          "split over data points, so every sample site must be inside that plate")
     if not s["is_observed"] and name != site:
@@ -245,3 +250,13 @@ class LocalLogJoint:
         with pyro.validation_enabled(False), scorer, pyro.plate(_PLATE, n, dim=pdim):
             self.model(*self.args, **self.kwargs)
         return (scorer.log_p + ladj).reshape(y.shape[:-1])
+
+
+@contextmanager
+def not_adapting(block: StochasticBlock) -> Iterator[None]:
+    """Within this context ``block`` does not adapt its step size, even inside its ``adapting()``."""
+    previous, block._adapt_now = block._adapt_now, False
+    try:
+        yield
+    finally:
+        block._adapt_now = previous
