@@ -11,7 +11,8 @@ setup(
     license="Apache-2.0",
     packages=find_packages(include=["pyro_snf", "pyro_snf.*"]),
     package_data={"pyro_snf": ["targets/data/*.csv", "targets/data/*.txt",
-                               "examples/data/*.csv", "examples/data/*.json", "examples/data/*.md"]},
+                               "examples/data/*.csv", "examples/data/*.json", "examples/data/*.md",
+                               "molecules/data/*.npz", "molecules/data/*.md"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",

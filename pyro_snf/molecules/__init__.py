@@ -4,6 +4,10 @@ coordinates (a mixed Cartesian / Z-matrix transform with an exact log-determinan
 Needs the optional extra ``pip install "pyro_snf[molecules]"`` (openmm, openmmtools) to build systems and
 run MD; this package imports without them (OpenMM is imported inside the functions that need it), and
 ``import pyro_snf`` does not import it.
+
+Submodules for the paper's alanine-dipeptide experiment (not re-exported here): ``ala2_data`` (the shipped
+MD data), ``metrics`` (torsion KL, free-energy surfaces, populations, weights) and ``experiment`` (target,
+models, sampling, evaluation; ``python -m benchmarks.ala2`` runs it).
 """
 
 from pyro_snf.molecules.internal import InternalEnergy, MixedTransform, alanine_dipeptide_transform

@@ -1,0 +1,246 @@
+"""Rerun the alanine-dipeptide experiment of Wu, Köhler & Noé (2020): RNVP vs SNF in internal coordinates.
+
+Data: the shipped MD (``pyro_snf/molecules/data``: 1 ns training set at 1000 K, 10^4 frames; an independent
+10 ns reference). Target: ``TorsionBox(InternalEnergy(linlogcut(u, 500, 1e4), rigid_body=True))`` in the
+paper's 60 internal coordinates (``pyro_snf.molecules.experiment``). Models: RNVP, 5 stages of 2 affine
+couplings (MLP 3 x 128, ReLU); SNF = the same stages with a stochastic block after each, annealed at
+lambda_i = i/4 (random-walk Metropolis, 20 steps of 0.1, as the paper; or MALA, 5 steps of 0.01).
+Training: maximum likelihood on the training frames, Adam 1e-3, batch 128, 1,000 iterations (the paper's).
+Budget: the SNF's flow stages are the RNVP's, trained by ML, with the blocks inserted after training
+(``--finetune N`` adds N iterations of ML training of the whole SNF; default 0: one SNF ML iteration
+costs 1.4-4.9 s on this shared CPU, about 40x an RNVP iteration). Metrics (``evaluate_ala2``): the
+paper's torsion KL (unweighted, as the paper; against the training set, their definition, and against
+the 10 ns reference) and a normalised KL, (phi, psi) free-energy RMSE (20 x 20 bins, bins with >= 1%
+reference population), phi > 0 population, Kish ESS, log Z.
+
+    python -m benchmarks.ala2                  # 3 seeds, paper sizes (3-6 min on one shared core)
+    python -m benchmarks.ala2 --smoke          # CI size (5-10 s)
+    python -m benchmarks.ala2 --variants snf_mc --finetune 100   # + 100 ML iterations of the SNF
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyro_snf.molecules import OpenMMEnergy, alanine_dipeptide
+from pyro_snf.molecules.ala2_data import (
+    ALA2_TORSION_NAMES,
+    PAPER_TORSION_NAMES,
+    ala2_torsions,
+    load_ala2_reference,
+    load_ala2_training,
+)
+from pyro_snf.molecules.experiment import (
+    ala2_target,
+    copy_flow_parameters,
+    evaluate_ala2,
+    paper_ala2_model,
+    sample_with_weights,
+)
+from pyro_snf.molecules.metrics import block_standard_error, torsion_kl
+from pyro_snf.train import fit
+
+LABELS = {"rnvp": "RNVP", "snf_mc": "SNF, Metropolis (20 x 0.1)", "snf_mala": "SNF, MALA"}
+PAPER_KL = {"rnvp": None, "snf_mc": {"phi_nb": 0.41, "gamma1": 0.20, "psi_nb": 0.16, "gamma2": 0.08,
+                                     "gamma3": 0.10}}
+SMOKE = {"seeds": 1, "iterations": 10, "batch": 32, "samples": 400, "hidden": 16, "mc_steps": 2,
+         "mala_steps": 1, "finetune": 0}
+
+
+def _ms(values: list[float]) -> str:
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+        return "n/a"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
+
+
+def reference_summary(reference: dict, train_torsions: np.ndarray) -> dict:
+    """The MD floor: KL of the 1 ns training set against the 10 ns reference; phi > 0 populations."""
+    ref = reference["torsions"].astype(np.float64)
+    phi = ALA2_TORSION_NAMES.index("phi")
+    return {"kl_training_vs_reference": {n: torsion_kl(ref[:, i], train_torsions[:, i])
+                                         for i, n in enumerate(ALA2_TORSION_NAMES)},
+            "phi_positive_reference": dict(zip(("value", "se"), block_standard_error(ref[:, phi] > 0))),
+            "phi_positive_training": dict(zip(("value", "se"),
+                                              block_standard_error(train_torsions[:, phi] > 0)))}
+
+
+def figure(path: Path, reference: dict, samples: dict, energy_ref: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    ip, iq = ALA2_TORSION_NAMES.index("phi"), ALA2_TORSION_NAMES.index("psi")
+    snf = "snf_mc" if "snf_mc" in samples else list(samples)[-1]
+    panels = [("MD reference (10 ns)", reference["torsions"], None)]
+    for key in ("rnvp", snf):
+        panels.append((f"{LABELS[key]}, unweighted", samples[key]["torsions"], None))
+    lw = samples[snf]["log_weights"]
+    panels.append((f"{LABELS[snf]}, reweighted", samples[snf]["torsions"], np.exp(lw - lw.max())))
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4.2))
+    edges = np.linspace(-np.pi, np.pi, 61)
+    for ax, (title, tor, w) in zip(axes, panels):  # colour: density, 4 decades below the top bin
+        h, _, _ = np.histogram2d(tor[:, ip], tor[:, iq], bins=[edges, edges], weights=w, density=True)
+        ax.pcolormesh(edges, edges, np.where(h > 0, h, np.nan).T, norm=LogNorm(h.max() * 1e-4, h.max()))
+        ax.set(title=title, xlabel=r"$\phi$", ylabel=r"$\psi$")
+    e_edges = np.linspace(np.percentile(energy_ref, 0.1), np.percentile(energy_ref, 99.9), 60)
+    width = e_edges[1] - e_edges[0]
+    colors = {"rnvp": "C0", "snf_mc": "C3", "snf_mala": "C2"}
+    curves = [("MD", energy_ref, "k")] + [(LABELS[k], samples[k]["energy"], colors[k]) for k in samples]
+    for label, u, color in curves:  # density relative to all samples (those above the range are missing)
+        axes[4].hist(u, e_edges, weights=np.full(len(u), 1.0 / (len(u) * width)), histtype="step",
+                     color=color, label=label)
+    axes[4].set(title="energy u(x) (kT, 1000 K)", xlabel="u", ylabel="density")
+    axes[4].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def markdown(results: dict, command: str) -> str:
+    runs, ref = results["runs"], results["reference"]
+    names = list(PAPER_TORSION_NAMES) + ["phi", "psi"]
+    lines = [f"Command: `{command}`  ", f"Setup: {json.dumps(results['config'])}  ",
+             f"Load average before/after: {results['load_before']} / {results['load_after']}", "",
+             ""]
+    head = ["| model | " + " | ".join(names) + " | train s | sample s |", "|---" * (len(names) + 3) + "|"]
+    floor = ref["kl_training_vs_reference"]
+    titles = {"kl_vs_training": "Paper's torsion KL, their definition (unweighted samples vs the training "
+                                "set, as their notebook)",
+              "kl": "Paper's torsion KL, unweighted samples vs the independent 10 ns MD reference",
+              "kl_reweighted": "Paper's torsion KL, reweighted samples vs the 10 ns MD reference"}
+    for kl_key, title in titles.items():
+        lines += [f"{title}, mean ± std over seeds:", "", *head]
+        for key, rows in runs.items():
+            cells = [_ms([r[kl_key][n]["paper"] for r in rows]) for n in names]
+            seconds = " | ".join(_ms([r[k] for r in rows]) for k in ("train_seconds", "sample_seconds"))
+            lines.append(f"| {LABELS[key]} | " + " | ".join(cells) + f" | {seconds} |")
+        if kl_key == "kl_vs_training":
+            lines.append("| paper, SNF (their notebook) | 0.41 | 0.20 | 0.16 | 0.08 | 0.10 | | | | |")
+        else:
+            lines.append("| MD floor: 1 ns training set vs reference | " +
+                         " | ".join(f"{floor[n]['paper']:.2f}" for n in names) + " | | |")
+        lines.append("")
+    lines += ["Per seed (their definition; paper KL phi_nb gamma1 psi_nb gamma2 gamma3 | normalised KL, same "
+              "order):", ""]
+    for key, rows in runs.items():
+        for r in rows:
+            paper = " ".join(f"{r['kl_vs_training'][n]['paper']:.3f}" for n in PAPER_TORSION_NAMES)
+            norm = " ".join(f"{r['kl_vs_training'][n]['normalised']:.4f}" for n in PAPER_TORSION_NAMES)
+            lines.append(f"- {LABELS[key]}, seed {r['seed']}: {paper} | {norm}")
+    lines += ["", "| model | FES RMSE unweighted (kT) | FES RMSE reweighted (kT) | empty bins rew. | "
+              "phi>0 unweighted | phi>0 reweighted | ESS (Kish) | log Z ± SE | zero weights |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for key, rows in runs.items():
+        for r in rows:
+            lines.append(
+                f"| {LABELS[key]} s{r['seed']} | {r['fes']['rmse']:.2f} | "
+                f"{r['fes_reweighted']['rmse']:.2f} | "
+                f"{r['fes_reweighted']['num_empty']}/{r['fes_reweighted']['num_bins']} | "
+                f"{r['phi_positive']['value']:.3f} ± {r['phi_positive']['se']:.3f} | "
+                f"{r['phi_positive_reweighted']['value']:.3f} ± {r['phi_positive_reweighted']['se']:.3f} | "
+                f"{r['weights']['ess']:.1f} | {r['weights']['log_Z']:.2f} ± {r['weights']['log_Z_se']:.2f} | "
+                f"{r['fraction_zero_weight']:.3f} |")
+    pr, pt = ref["phi_positive_reference"], ref["phi_positive_training"]
+    lines += ["", f"MD phi > 0: reference {pr['value']:.3f} ± {pr['se']:.3f}, training set "
+              f"{pt['value']:.3f} ± {pt['se']:.3f} (block standard errors, 10 blocks)."]
+    return "\n".join(lines) + "\n"
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--mc-steps", type=int, default=20)
+    parser.add_argument("--mala-steps", type=int, default=5)
+    parser.add_argument("--finetune", type=int, default=0)
+    parser.add_argument("--variants", nargs="+", default=list(LABELS), choices=list(LABELS))
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
+    torch.set_num_threads(1)
+    start_all, load_before = time.perf_counter(), _load()
+    system, _, _ = alanine_dipeptide()
+    frames = load_ala2_training()
+    reference = load_ala2_reference()
+    target, z_data = ala2_target(system, frames)
+    train_torsions = ala2_torsions(frames)
+    cartesian_energy = OpenMMEnergy(system, temperature=1000.0)
+    config = {k: getattr(args, k) for k in ("seeds", "iterations", "batch", "samples", "hidden", "mc_steps",
+                                            "mala_steps", "finetune")}
+    variants = ["rnvp"] + [v for v in args.variants if v != "rnvp"]  # the SNFs reuse the RNVP's stages
+    results: dict = {"config": config, "runs": {k: [] for k in variants},
+                     "reference": reference_summary(reference, train_torsions)}
+    kept: dict = {}
+    for seed in range(args.seeds):
+        torch.manual_seed(seed)
+        models = {}
+        for key in variants:
+            steps = {"rnvp": 0, "snf_mc": args.mc_steps, "snf_mala": args.mala_steps}[key]
+            model = paper_ala2_model(target, key, hidden_dims=(args.hidden,) * 3, num_steps=max(steps, 1))
+            tic = time.perf_counter()
+            if key == "rnvp":
+                fit(model, num_iterations=args.iterations, batch_size=args.batch, data=z_data, kl_weight=0.0,
+                    ml_weight=1.0, lr=1e-3, progress=False)
+            else:
+                copy_flow_parameters(models["rnvp"], model)
+                if args.finetune:
+                    fit(model, num_iterations=args.finetune, batch_size=args.batch, data=z_data,
+                        kl_weight=0.0, ml_weight=1.0, lr=1e-3, progress=False)
+            train_seconds = time.perf_counter() - tic
+            models[key] = model
+            tic = time.perf_counter()
+            samples = sample_with_weights(model, args.samples)
+            sample_seconds = time.perf_counter() - tic
+            with torch.no_grad():
+                samples["energy"] = cartesian_energy(torch.as_tensor(samples["x"])).numpy()
+            row = {**evaluate_ala2(samples, reference, train_torsions), "seed": seed,
+                   "train_seconds": train_seconds, "sample_seconds": sample_seconds}
+            results["runs"][key].append(row)
+            if seed == 0:
+                kept[key] = {"torsions": ala2_torsions(samples["x"]), "log_weights": samples["log_weights"],
+                             "energy": samples["energy"]}
+            kl = " ".join(f"{row['kl_vs_training'][n]['paper']:.2f}" for n in PAPER_TORSION_NAMES)
+            print(f"seed {seed} {key:>8}: KL {kl} | FES rew {row['fes_reweighted']['rmse']:.2f} "
+                  f"ESS {row['weights']['ess']:.1f} | train {train_seconds:.0f}s "
+                  f"sample {sample_seconds:.0f}s",
+                  flush=True)
+    results["total_seconds"] = time.perf_counter() - start_all
+    results["load_before"], results["load_after"] = load_before, _load()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "ala2_smoke" if args.smoke else "ala2" + (f"_finetune{args.finetune}" if args.finetune else "")
+    figure(out / f"{stem}_ramachandran.png", reference, kept, reference["energy"].astype(np.float64))
+    command = "python -m benchmarks.ala2 " + " ".join(argv or [])
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    table = markdown(results, command.strip()) + f"\nTotal wall time {results['total_seconds']:.0f} s.\n"
+    (out / f"{stem}.md").write_text(table)
+    print(table)
+    return results
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
