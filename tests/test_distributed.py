@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -209,3 +212,21 @@ def test_errors_name_the_problem_and_the_fix(ranks):
         data_parallel_fit(snf, num_iterations=1, batch_size=4, shards=EmulatedShards(0, 2))
     with pytest.raises(ValueError, match="multiple of the world size"):
         data_parallel_fit(snf, num_iterations=1, batch_size=5, shards=EmulatedShards(0, 2))
+
+
+def test_readme_torchrun_command_runs_and_rank0_checkpoint_loads(tmp_path):
+    """README's launch line, through torchrun itself (``--standalone``: a free rendezvous port), small sizes:
+    both ranks finish, rank 0 alone prints the pooled numbers and writes the checkpoint, which loads here."""
+    ckpt = tmp_path / "guide.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pyro_snf.examples.distributed_evidence", "--svi-steps", "3", "--draws", "600",
+           "--checkpoint", str(ckpt)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if "log Z =" in line]
+    assert len(lines) == 1 and lines[0].startswith("2 process(es)"), proc.stdout
+    log_z, se = map(float, re.search(r"log Z = (\S+) \+- (\S+),", lines[0]).groups())
+    assert math.isfinite(log_z) and se > 0
+    state = load_checkpoint(ckpt)
+    assert state["module"] and state["param_store"]["params"], "the checkpoint holds the trained guide"
