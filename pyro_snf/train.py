@@ -68,6 +68,23 @@ def ml_loss(snf: StochasticNormalizingFlow, x: Tensor) -> tuple[Tensor, Tensor]:
     return _finite_mean(bound)
 
 
+def objective(snf: StochasticNormalizingFlow, batch_size: int, kl_weight: float, ml_weight: float,
+              data: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step's ``(loss, kl, ml, bad)``: ``loss = kl_weight * J_KL + ml_weight * J_ML`` on a fresh batch
+    of ``batch_size`` draws and ``batch_size`` random rows of ``data`` (in that order of random numbers),
+    its terms (NaN where a weight is 0) and the count of non-finite particles left out."""
+    nan = torch.tensor(float("nan"))
+    loss, kl, ml, bad = 0.0, nan, nan, 0
+    if kl_weight > 0:
+        kl, bad_kl = kl_loss(snf, batch_size)
+        loss, bad = loss + kl_weight * kl, bad + bad_kl
+    if ml_weight > 0:
+        idx = torch.randint(data.shape[0], (batch_size,), device=data.device)
+        ml, bad_ml = ml_loss(snf, data[idx])
+        loss, bad = loss + ml_weight * ml, bad + bad_ml
+    return loss, kl, ml, bad
+
+
 def fit(snf: StochasticNormalizingFlow, *, num_iterations: int = 1000, batch_size: int = 128,
         lr: float = 5e-3, kl_weight: float = 1.0, ml_weight: float = 0.0, data: Tensor | None = None,
         optimizer: torch.optim.Optimizer | None = None, clip_grad_norm: float | None = None,
@@ -97,7 +114,6 @@ def fit(snf: StochasticNormalizingFlow, *, num_iterations: int = 1000, batch_siz
         raise ValueError("the flow has no trainable parameters")
     optimizer = optimizer or torch.optim.Adam(params, lr=lr)
     history = history or TrainHistory()
-    nan = torch.tensor(float("nan"))
     pending: list[Tensor] = []  # per-step (loss, kl, ml, bad), read back in bulk: no sync per value
 
     def flush() -> None:
@@ -114,14 +130,7 @@ def fit(snf: StochasticNormalizingFlow, *, num_iterations: int = 1000, batch_siz
     try:
         for step in bar:
             optimizer.zero_grad(set_to_none=True)
-            loss, kl, ml, bad = 0.0, nan, nan, 0
-            if kl_weight > 0:
-                kl, bad_kl = kl_loss(snf, batch_size)
-                loss, bad = loss + kl_weight * kl, bad + bad_kl
-            if ml_weight > 0:
-                idx = torch.randint(data.shape[0], (batch_size,), device=data.device)
-                ml, bad_ml = ml_loss(snf, data[idx])
-                loss, bad = loss + ml_weight * ml, bad + bad_ml
+            loss, kl, ml, bad = objective(snf, batch_size, kl_weight, ml_weight, data)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm or float("inf"))
             if torch.isfinite(norm) and torch.isfinite(loss):  # the one host sync of a step

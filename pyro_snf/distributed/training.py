@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from pyro_snf.blocks import StochasticBlock
 from pyro_snf.distributed.sharding import ProcessGroupShards, check_same_across_ranks, comm_device
 from pyro_snf.distribution import StochasticNormalizingFlow
-from pyro_snf.train import TrainHistory, kl_loss, ml_loss
+from pyro_snf.train import TrainHistory, objective
 
 __all__ = ["Shards", "adapt_step_sizes_from", "average_gradients", "broadcast_state", "data_parallel_fit"]
 
@@ -182,7 +182,7 @@ def data_parallel_fit(
         stats = torch.zeros(4 + len(blocks), dtype=torch.float64)
         for k in shards.shard_ids:
             with shards.shard(k):
-                loss, kl, ml, bad = _shard_loss(snf, local_b, kl_weight, ml_weight, data)
+                loss, kl, ml, bad = objective(snf, local_b, kl_weight, ml_weight, data)
                 loss.backward()
             stats += torch.cat([torch.stack([t.detach().double().cpu() for t in (loss, kl, ml, bad)]),
                                 local_acceptance(blocks)])
@@ -204,16 +204,3 @@ def data_parallel_fit(
         history.num_nonfinite_particles += int(bad_)
     return history
 
-
-def _shard_loss(snf: StochasticNormalizingFlow, b: int, kl_weight: float, ml_weight: float,
-                data: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    zero = torch.zeros(())
-    loss, kl, ml, bad = zero, zero, zero, zero
-    if kl_weight > 0:
-        kl, bad_kl = kl_loss(snf, b)
-        loss, bad = loss + kl_weight * kl, bad + bad_kl
-    if ml_weight > 0:
-        idx = torch.randint(data.shape[0], (b,), device=data.device)
-        ml, bad_ml = ml_loss(snf, data[idx])
-        loss, bad = loss + ml_weight * ml, bad + bad_ml
-    return loss, kl, ml, bad

@@ -25,7 +25,6 @@ Example::
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 from pyro_snf.blocks import StochasticBlock
 from pyro_snf.infer.guide_parts import (
     CONFIG_NAME,
+    _pickles,
     check_param_store,
     config_differences,
     config_fingerprint,
@@ -104,10 +104,3 @@ class SavedAmortizedGuide:
         self._register()
         return super().load_state_dict(state_dict, strict=strict, assign=assign)  # type: ignore[misc]
 
-
-def _pickles(obj: Any) -> bool:
-    try:
-        pickle.dumps(obj)
-    except Exception:
-        return False
-    return True
