@@ -40,6 +40,8 @@ Example (identical histograms give zero; weights are used)::
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -55,7 +57,11 @@ def _weights(n: int, log_weights) -> np.ndarray:
     lw = np.asarray(log_weights, dtype=np.float64).reshape(-1)
     if lw.shape[0] != n:
         raise ValueError(f"log_weights must have one entry per sample ({n}), got {lw.shape[0]}")
-    lw = np.where(np.isfinite(lw), lw, -np.inf)  # NaN / +inf count as zero weight
+    bad = np.isnan(lw) | (lw == np.inf)
+    if bad.any():  # as pyro_snf.weights.sanitize_log_weights: zero weight, said aloud
+        warnings.warn(f"{int(bad.sum())} of {n} log-weights are NaN or +inf; they count as zero weight",
+                      RuntimeWarning, stacklevel=3)
+        lw = np.where(bad, -np.inf, lw)
     if not np.isfinite(lw).any():
         raise ValueError("every log-weight is -inf (or non-finite): no sample carries weight")
     return np.exp(lw - lw.max())
