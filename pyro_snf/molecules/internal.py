@@ -105,7 +105,6 @@ from pyro_snf.molecules.zmatrix import (
     internal_coordinates,
     kabsch,
     log_rigid_factor,
-    place,
     wrap_angle,
 )
 from pyro_snf.targets.base import Target
@@ -172,6 +171,8 @@ class MixedTransform(TransformModule):
         self.register_buffer("level_refs", torch.as_tensor(slot[rows[by_level, 1:]]))  # (M, 3) slots
         self.register_buffer("slot", torch.as_tensor(slot))
         self.level_sizes = [len(level) for level in levels]
+        gather = [refs.T.flatten() for refs in self.level_refs.split(self.level_sizes)]  # levels' (a, b, c)
+        self.register_buffer("level_gather", torch.cat(gather) if gather else self.slot[:0], persistent=False)
 
     def forward_shape(self, shape):
         return tuple(shape[:-1]) + (self.dim_x,)
@@ -195,19 +196,42 @@ class MixedTransform(TransformModule):
         return (self._buf("bond_mean", z) + self._buf("bond_std", z) * z[..., self.bond_slice],
                 self._buf("angle_mean", z) + self._buf("angle_std", z) * z[..., self.angle_slice])
 
+    def _log_det(self, r: Tensor, sin_theta: Tensor, dim: int) -> Tensor:
+        const = sum(self._buf(n, r).log().sum() for n in ("pca_scale", "bond_std", "angle_std"))
+        return (2.0 * r.abs().log() + sin_theta.abs().log()).sum(dim) + const
+
+    def _place_all(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(x, cart, r, sin theta)``: positions ``(..., 3N)``, Cartesian atoms ``(B, k, 3)`` and the rows'
+        ``r, sin theta`` ``(M, B)``, ``B`` the flattened batch. Works batch-last (``(3, atoms, B)``): the
+        per-level gathers copy whole rows and the arithmetic is contiguous."""
+        zt = z.reshape(-1, self.dim_z).T.contiguous()
+        col = lambda name: self._buf(name, z)[:, None]  # noqa: E731
+        w = zt[self.cartesian_slice] * col("pca_scale")
+        cart = (self._buf("ref", z).reshape(-1, 1) + self._buf("pca_axes", z) @ w).unflatten(0, (-1, 3))
+        r = col("bond_mean") + col("bond_std") * zt[self.bond_slice]
+        theta = col("angle_mean") + col("angle_std") * zt[self.angle_slice]
+        phi = col("torsion_mean") + zt[self.torsion_slice]
+        sin_theta = theta.sin()
+        s = r * sin_theta
+        coef = torch.stack([-r * theta.cos(), s * phi.cos(), s * phi.sin()]).index_select(1, self.level_rows)
+        placed, start = cart.transpose(0, 1), 0  # (3, k, B)
+        for size, level in zip(self.level_sizes, coef.split(self.level_sizes, 1)):
+            c0, c1, c2 = level.unbind(0)
+            refs = self.level_gather[3 * start:3 * (start + size)]
+            a, b, c = placed.index_select(1, refs).unflatten(1, (3, size)).unbind(1)
+            e = a - b
+            e = e / (e * e).sum(0).sqrt()
+            n = torch.linalg.cross(b - c, e, dim=0)
+            n = n / (n * n).sum(0).sqrt()
+            m = torch.linalg.cross(n, e, dim=0)
+            placed = torch.cat([placed, a + c0 * e + c1 * m + c2 * n], 1)
+            start += size
+        x = placed.index_select(1, self.slot).permute(2, 1, 0).reshape(z.shape[:-1] + (self.dim_x,))
+        return x, cart.permute(2, 0, 1), r, sin_theta
+
     def _call(self, z: Tensor) -> Tensor:
         self._check(z, self.dim_z, "internal coordinates z")
-        r, theta = self._bonds_angles(z)
-        phi = self._buf("torsion_mean", z) + z[..., self.torsion_slice]
-        r, theta, phi = (v.index_select(-1, self.level_rows) for v in (r, theta, phi))
-        placed, start = self._cartesian(z), 0
-        for size in self.level_sizes:
-            refs = self.level_refs[start:start + size]
-            a, b, c = (placed.index_select(-2, refs[:, j]) for j in range(3))
-            part = slice(start, start + size)
-            placed = torch.cat([placed, place(a, b, c, r[..., part], theta[..., part], phi[..., part])], -2)
-            start += size
-        return placed.index_select(-2, self.slot).flatten(-2)
+        return self._place_all(z)[0]
 
     def _alignment(self, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return kabsch(pos.index_select(-2, self.cart), self._buf("ref", pos))
@@ -234,8 +258,7 @@ class MixedTransform(TransformModule):
     def log_abs_det_jacobian(self, z: Tensor, x: Tensor) -> Tensor:
         """``log |det J|`` of ``forward`` at ``z`` (shape ``z.shape[:-1]``); see the module doc."""
         r, theta = self._bonds_angles(z)
-        const = sum(self._buf(n, z).log().sum() for n in ("pca_scale", "bond_std", "angle_std"))
-        return (2.0 * r.abs().log() + theta.sin().abs().log()).sum(-1) + const
+        return self._log_det(r, theta.sin(), -1)
 
     def log_rigid_factor(self, z: Tensor) -> Tensor:
         """``log g(z)``, the rigid-body volume factor of the module doc (shape ``z.shape[:-1]``)."""
@@ -276,9 +299,15 @@ class InternalEnergy(nn.Module, Target):
         self.dim = transform.dim_z
 
     def forward(self, z: Tensor) -> Tensor:
-        x = self.transform(z)
-        u = self.potential(x) - self.transform.log_abs_det_jacobian(z, x)
-        return u - self.transform.log_rigid_factor(z) if self.rigid_body else u
+        if not isinstance(self.transform, MixedTransform):
+            x = self.transform(z)
+            u = self.potential(x) - self.transform.log_abs_det_jacobian(z, x)
+            return u - self.transform.log_rigid_factor(z) if self.rigid_body else u
+        t = self.transform  # one pass: the placement's r, sin(theta) and Cartesian block are reused
+        t._check(z, t.dim_z, "internal coordinates z")
+        x, cart, r, sin_theta = t._place_all(z)
+        u = self.potential(x) - t._log_det(r, sin_theta, 0).reshape(z.shape[:-1])
+        return u - log_rigid_factor(cart, t._buf("ref", z)).reshape(z.shape[:-1]) if self.rigid_body else u
 
     def energy(self, z: Tensor) -> Tensor:
         return self(z)
