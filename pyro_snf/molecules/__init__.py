@@ -10,7 +10,8 @@ MD data), ``metrics`` (torsion KL, free-energy surfaces, populations, weights) a
 models, sampling, evaluation; ``python -m benchmarks.ala2`` runs it).
 """
 
-from pyro_snf.molecules.internal import InternalEnergy, MixedTransform, alanine_dipeptide_transform
+from pyro_snf.molecules.internal import MixedTransform, alanine_dipeptide_transform
+from pyro_snf.molecules.internal_energy import InternalEnergy
 from pyro_snf.molecules.md import ALA2_PHI, ALA2_PSI, alanine_dipeptide, simulate
 from pyro_snf.molecules.openmm_energy import (
     MOLAR_GAS_CONSTANT_R,

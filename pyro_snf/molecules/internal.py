@@ -56,10 +56,10 @@ square and block-triangular (atom :math:`i` depends only on atoms placed before 
     + \\sum_i \\big[\\log(r_i^2 |\\sin\\theta_i|)
     + \\log\\sigma^r_i + \\log\\sigma^\\theta_i\\big].
 
-The energy in internal coordinates (:class:`InternalEnergy`) is :math:`u_z(z) = u(x(z)) - \\log|\\det J(z)|`:
-if :math:`x` has density :math:`\\propto e^{-u(x)}` on the aligned manifold, :math:`z` has density
-:math:`\\propto e^{-u_z(z)}`; it is what a flow or SNF in :math:`z`-space targets, and samples map back
-to positions with ``transform(z)``.
+The energy in internal coordinates (:class:`~pyro_snf.molecules.internal_energy.InternalEnergy`) is
+:math:`u_z(z) = u(x(z)) - \\log|\\det J(z)|`: if :math:`x` has density :math:`\\propto e^{-u(x)}` on the
+aligned manifold, :math:`z` has density :math:`\\propto e^{-u_z(z)}`; it is what a flow or SNF in
+:math:`z`-space targets, and samples map back to positions with ``transform(z)``.
 
 **Rigid-body factor.** The convention above puts the density :math:`\\propto e^{-u(x)}` on the aligned
 manifold with its induced volume. The Boltzmann density on all of :math:`\\mathbb{R}^{3N}` with the 6
@@ -80,6 +80,7 @@ Example (alanine dipeptide, 200 frames of seeded MD at 1000 K)::
     >>> frames = simulate(system, x0, temperature=1000.0, steps=2000, report_interval=10, seed=1)
     >>> transform = alanine_dipeptide_transform(frames, topology)
     >>> z = transform.inv(torch.as_tensor(frames))
+    >>> from pyro_snf.molecules import InternalEnergy
     >>> u_z = InternalEnergy(OpenMMEnergy(system, temperature=1000.0), transform)
     >>> z.shape, transform(z).shape, u_z(z[:3]).shape
     (torch.Size([200, 60]), torch.Size([200, 66]), torch.Size([3]))
@@ -107,7 +108,6 @@ from pyro_snf.molecules.zmatrix import (
     log_rigid_factor,
     wrap_angle,
 )
-from pyro_snf.targets.base import Target
 
 
 class MixedTransform(TransformModule):
@@ -279,40 +279,6 @@ class MixedTransform(TransformModule):
                 f"levels={self.level_sizes}")
 
 
-class InternalEnergy(nn.Module, Target):
-    """The energy in internal coordinates, ``u_z(z) = u(transform(z)) - log|det J(z)|`` (kT = 1).
-
-    :param energy: the energy ``u`` on positions ``(..., 3N)`` (e.g. :class:`OpenMMEnergy`; its cut, if
-        any, applies to ``u`` before the log-determinant is subtracted).
-    :param transform: a :class:`MixedTransform`. ``log_Z`` is unknown (``None``).
-    :param rigid_body: also subtract the rigid-body factor ``log g(z)`` (module doc): the marginal of the
-        Boltzmann density on all 3N coordinates, which aligned MD frames sample.
-    """
-
-    log_Z = None
-
-    def __init__(self, energy, transform: MixedTransform, rigid_body: bool = False) -> None:
-        super().__init__()
-        self.potential = energy
-        self.transform = transform
-        self.rigid_body = rigid_body
-        self.dim = transform.dim_z
-
-    def forward(self, z: Tensor) -> Tensor:
-        if not isinstance(self.transform, MixedTransform):
-            x = self.transform(z)
-            u = self.potential(x) - self.transform.log_abs_det_jacobian(z, x)
-            return u - self.transform.log_rigid_factor(z) if self.rigid_body else u
-        t = self.transform  # one pass: the placement's r, sin(theta) and Cartesian block are reused
-        t._check(z, t.dim_z, "internal coordinates z")
-        x, cart, r, sin_theta = t._place_all(z)
-        u = self.potential(x) - t._log_det(r, sin_theta, 0).reshape(z.shape[:-1])
-        return u - log_rigid_factor(cart, t._buf("ref", z)).reshape(z.shape[:-1]) if self.rigid_body else u
-
-    def energy(self, z: Tensor) -> Tensor:
-        return self(z)
-
-
 def alanine_dipeptide_transform(frames, topology=None, dtype: torch.dtype = torch.float64) -> MixedTransform:
     """The paper's mixed transform of alanine dipeptide from MD ``frames`` ``(F, 66)`` in nm: backbone
     N, CA, HA, CB, C Cartesian (9 whitened coordinates) and the other 17 atoms by the Z-matrix
@@ -325,4 +291,4 @@ def alanine_dipeptide_transform(frames, topology=None, dtype: torch.dtype = torc
     return MixedTransform(z_matrix, cartesian, frames, dtype=dtype)
 
 
-__all__ = ["InternalEnergy", "MixedTransform", "alanine_dipeptide_transform"]
+__all__ = ["MixedTransform", "alanine_dipeptide_transform"]

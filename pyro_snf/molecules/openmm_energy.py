@@ -69,18 +69,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pyro_snf.molecules.openmm_system import SUPPORTED, _check_system, _read_force
 from pyro_snf.targets.base import Target
 
 #: OpenMM 8's 1 / (4 pi eps0) in kJ nm / (mol e^2), from CODATA 2018 (SimTKOpenMMRealType.h).
 ONE_4PI_EPS0 = 138.93545764438198
 #: Molar gas constant in kJ / (mol K) (CODATA 2018, as openmm.unit.MOLAR_GAS_CONSTANT_R).
 MOLAR_GAS_CONSTANT_R = 8.31446261815324e-3
-SUPPORTED = ("HarmonicBondForce", "HarmonicAngleForce", "PeriodicTorsionForce", "NonbondedForce")
-IGNORED = ("CMMotionRemover",)
 
 
 def linlogcut(u: Tensor, high: float, max: float) -> Tensor:
@@ -88,23 +86,6 @@ def linlogcut(u: Tensor, high: float, max: float) -> Tensor:
     capped = torch.where(u < max, u, torch.full_like(u, max))  # NaN and +inf become max
     above = high + torch.log1p(torch.clamp(capped - high, min=0.0))
     return torch.where(capped < high, capped, above)
-
-
-def _md(value: Any) -> float:
-    """A float in OpenMM's MD units (nm, kJ/mol, rad, e) from a Quantity or a number."""
-    if hasattr(value, "value_in_unit_system"):
-        from openmm import unit
-
-        value = value.value_in_unit_system(unit.md_unit_system)
-    return float(value)
-
-
-def _buffer(rows: list, dtype: torch.dtype) -> Tensor:
-    return torch.as_tensor(np.asarray(rows, dtype=np.float64), dtype=dtype)
-
-
-def _index(rows: list, width: int) -> Tensor:
-    return torch.as_tensor(np.asarray(rows, dtype=np.int64).reshape(-1, width))
 
 
 # Geometry on coordinate tuples (X, Y, Z): elementwise arithmetic on the components. The energy works on
@@ -136,17 +117,6 @@ def dihedral(x: Tensor, quads: Tensor) -> Tensor:
     return _torsion_angle(b1, b2, _cross(b1, b2), _cross(b2, b3))
 
 
-class _Term(nn.Module):
-    """One OpenMM force's parameters as buffers: atom indices ``idx`` and the named per-term parameters."""
-
-    def __init__(self, kind: str, idx: Tensor, **params: Tensor) -> None:
-        super().__init__()
-        self.kind = kind
-        self.register_buffer("idx", idx)
-        for name, value in params.items():
-            self.register_buffer(name, value)
-
-
 #: Force kinds in the order of the fused evaluation, with their (derived) parameters.
 _KINDS = ("HarmonicBondForce", "NonbondedForce", "HarmonicAngleForce", "PeriodicTorsionForce")
 _FUSED = {"HarmonicBondForce": {"r0": lambda t: t.r0, "k2": lambda t: 0.5 * t.k},
@@ -158,66 +128,6 @@ _FUSED = {"HarmonicBondForce": {"r0": lambda t: t.r0, "k2": lambda t: 0.5 * t.k}
 
 def _refuse(module: OpenMMEnergy, incompatible_keys: Any) -> None:
     module._fuse()
-
-
-#: Bonded forces: (parameter getter, counter, atoms per term, parameter names after the atoms).
-_BONDED = {
-    "HarmonicBondForce": ("getBondParameters", "getNumBonds", 2, ("r0", "k")),
-    "HarmonicAngleForce": ("getAngleParameters", "getNumAngles", 3, ("theta0", "k")),
-    "PeriodicTorsionForce": ("getTorsionParameters", "getNumTorsions", 4, ("n", "phase", "k")),
-}
-
-
-def _read_force(force: Any, n_atoms: int, dtype: torch.dtype) -> _Term:
-    """Parameters of one supported force (checked) as a :class:`_Term`."""
-    kind = type(force).__name__
-    if kind == "NonbondedForce":
-        return _read_nonbonded(force, n_atoms, dtype)
-    getter, counter, width, names = _BONDED[kind]
-    rows = [getattr(force, getter)(i) for i in range(getattr(force, counter)())]
-    params = {name: _buffer([_md(r[width + c]) for r in rows], dtype) for c, name in enumerate(names)}
-    return _Term(kind, _index([r[:width] for r in rows], width), **params)
-
-
-def _read_nonbonded(force: Any, n_atoms: int, dtype: torch.dtype) -> _Term:
-    if force.getNonbondedMethod() != 0:  # openmm.NonbondedForce.NoCutoff
-        raise ValueError(
-            f"NonbondedForce uses nonbonded method {force.getNonbondedMethod()}; OpenMMEnergy supports only "
-            "NoCutoff (a vacuum system): build it with nonbondedMethod=app.NoCutoff")
-    if force.getNumParticleParameterOffsets() or force.getNumExceptionParameterOffsets():
-        raise ValueError("NonbondedForce has parameter offsets (global-parameter dependent charges or LJ); "
-                         "OpenMMEnergy does not support them: remove them or bake them into the parameters")
-    atoms = [[_md(v) for v in force.getParticleParameters(i)] for i in range(force.getNumParticles())]
-    q, sigma, eps = np.asarray(atoms, dtype=np.float64).reshape(-1, 3).T
-    i, j = np.triu_indices(n_atoms, k=1)
-    table = np.stack([q[i] * q[j], 0.5 * (sigma[i] + sigma[j]), np.sqrt(eps[i] * eps[j])], axis=1)
-    for e in range(force.getNumExceptions()):
-        a, b, *values = force.getExceptionParameters(e)
-        a, b = min(a, b), max(a, b)
-        table[a * n_atoms - a * (a + 1) // 2 + b - a - 1] = [_md(v) for v in values]  # row of (a, b)
-    keep = (table[:, 0] != 0.0) | (table[:, 2] != 0.0)  # zero charge product and epsilon: excluded
-    params = {name: _buffer(table[keep, c], dtype) for c, name in enumerate(("qq", "sigma", "epsilon"))}
-    return _Term("NonbondedForce", _index(np.stack([i, j], 1)[keep], 2), **params)
-
-
-def _check_system(system: Any) -> None:
-    if system.usesPeriodicBoundaryConditions():
-        raise ValueError("the System uses periodic boundary conditions; OpenMMEnergy supports vacuum systems "
-                         "only (no box, NoCutoff nonbonded forces)")
-    if system.getNumConstraints():
-        raise ValueError(f"the System has {system.getNumConstraints()} constraints; the energy lives on all "
-                         "3N coordinates: rebuild it with constraints=None (and rigidWater=False)")
-    virtual = [i for i in range(system.getNumParticles()) if system.isVirtualSite(i)]
-    if virtual:
-        raise ValueError(f"particles {virtual[:5]} are virtual sites, which OpenMMEnergy does not support: "
-                         "use a force field without virtual sites")
-    for index, force in enumerate(system.getForces()):
-        kind = type(force).__name__
-        if kind not in SUPPORTED + IGNORED:
-            raise ValueError(
-                f"force {index} ({kind}) is not supported by OpenMMEnergy, which implements "
-                f"{', '.join(SUPPORTED)} (and ignores {', '.join(IGNORED)}): remove it "
-                f"(system.removeForce({index})) or express it with the supported forces")
 
 
 class OpenMMEnergy(nn.Module, Target):
