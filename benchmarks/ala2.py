@@ -44,11 +44,15 @@ from pyro_snf.molecules.experiment import (
     evaluate_ala2,
     paper_ala2_model,
     sample_with_weights,
+    wide_torsions,
 )
 from pyro_snf.molecules.metrics import block_standard_error, torsion_kl
 from pyro_snf.train import fit
 
-LABELS = {"rnvp": "RNVP", "snf_mc": "SNF, Metropolis (20 x 0.1)", "snf_mala": "SNF, MALA"}
+LABELS = {"rnvp": "RNVP", "snf_mc": "SNF, Metropolis (20 x 0.1)", "snf_mala": "SNF, MALA",
+          "circular": "circular flow", "snf_mc_circular": "circular SNF, Metropolis",
+          "snf_mala_circular": "circular SNF, MALA"}
+FLOWS = ("rnvp", "circular")  # trained by ML; every SNF reuses the stages of its flow
 PAPER_KL = {"rnvp": None, "snf_mc": {"phi_nb": 0.41, "gamma1": 0.20, "psi_nb": 0.16, "gamma2": 0.08,
                                      "gamma3": 0.10}}
 SMOKE = {"seeds": 1, "iterations": 10, "batch": 32, "samples": 400, "hidden": 16, "mc_steps": 2,
@@ -60,6 +64,10 @@ def _ms(values: list[float]) -> str:
     if not values:
         return "n/a"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
+
+
+def _flow_of(variant: str) -> str:
+    return "circular" if variant.endswith("circular") else "rnvp"
 
 
 def reference_summary(reference: dict, train_torsions: np.ndarray) -> dict:
@@ -81,9 +89,10 @@ def figure(path: Path, reference: dict, samples: dict, energy_ref: np.ndarray) -
     from matplotlib.colors import LogNorm
 
     ip, iq = ALA2_TORSION_NAMES.index("phi"), ALA2_TORSION_NAMES.index("psi")
-    snf = "snf_mc" if "snf_mc" in samples else list(samples)[-1]
+    preferred = [k for k in ("snf_mc_circular", "snf_mc") if k in samples]
+    snf = preferred[0] if preferred else list(samples)[-1]
     panels = [("MD reference (10 ns)", reference["torsions"], None)]
-    for key in ("rnvp", snf):
+    for key in (_flow_of(snf), snf):
         panels.append((f"{LABELS[key]}, unweighted", samples[key]["torsions"], None))
     lw = samples[snf]["log_weights"]
     panels.append((f"{LABELS[snf]}, reweighted", samples[snf]["torsions"], np.exp(lw - lw.max())))
@@ -95,7 +104,7 @@ def figure(path: Path, reference: dict, samples: dict, energy_ref: np.ndarray) -
         ax.set(title=title, xlabel=r"$\phi$", ylabel=r"$\psi$")
     e_edges = np.linspace(np.percentile(energy_ref, 0.1), np.percentile(energy_ref, 99.9), 60)
     width = e_edges[1] - e_edges[0]
-    colors = {"rnvp": "C0", "snf_mc": "C3", "snf_mala": "C2"}
+    colors = {k: f"C{i}" for i, k in enumerate(LABELS)}
     curves = [("MD", energy_ref, "k")] + [(LABELS[k], samples[k]["energy"], colors[k]) for k in samples]
     for label, u, color in curves:  # density relative to all samples (those above the range are missing)
         axes[4].hist(u, e_edges, weights=np.full(len(u), 1.0 / (len(u) * width)), histtype="step",
@@ -173,6 +182,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mala-steps", type=int, default=5)
     parser.add_argument("--finetune", type=int, default=0)
     parser.add_argument("--variants", nargs="+", default=list(LABELS), choices=list(LABELS))
+    parser.add_argument("--periodic", choices=("wide", "all"), default="wide",
+                        help="torsions the circular variants treat as angles: those of the training set "
+                             "that reach |z| > 2 rad (default) or all 17")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
@@ -188,8 +200,11 @@ def main(argv: list[str] | None = None) -> dict:
     train_torsions = ala2_torsions(frames)
     cartesian_energy = OpenMMEnergy(system, temperature=1000.0)
     config = {k: getattr(args, k) for k in ("seeds", "iterations", "batch", "samples", "hidden", "mc_steps",
-                                            "mala_steps", "finetune")}
-    variants = ["rnvp"] + [v for v in args.variants if v != "rnvp"]  # the SNFs reuse the RNVP's stages
+                                            "mala_steps", "finetune", "periodic")}
+    periodic = wide_torsions(target, z_data) if args.periodic == "wide" else None
+    # the SNFs reuse their flow's trained stages: train each needed flow first
+    needed = {_flow_of(v) for v in args.variants}
+    variants = [f for f in FLOWS if f in needed] + [v for v in args.variants if v not in FLOWS]
     results: dict = {"config": config, "runs": {k: [] for k in variants},
                      "reference": reference_summary(reference, train_torsions)}
     kept: dict = {}
@@ -197,14 +212,15 @@ def main(argv: list[str] | None = None) -> dict:
         torch.manual_seed(seed)
         models = {}
         for key in variants:
-            steps = {"rnvp": 0, "snf_mc": args.mc_steps, "snf_mala": args.mala_steps}[key]
-            model = paper_ala2_model(target, key, hidden_dims=(args.hidden,) * 3, num_steps=max(steps, 1))
+            steps = args.mala_steps if "mala" in key else args.mc_steps if "mc" in key else 0
+            model = paper_ala2_model(target, key, hidden_dims=(args.hidden,) * 3, num_steps=max(steps, 1),
+                                     periodic=periodic)
             tic = time.perf_counter()
-            if key == "rnvp":
+            if key in FLOWS:
                 fit(model, num_iterations=args.iterations, batch_size=args.batch, data=z_data, kl_weight=0.0,
                     ml_weight=1.0, lr=1e-3, progress=False)
             else:
-                copy_flow_parameters(models["rnvp"], model)
+                copy_flow_parameters(models[_flow_of(key)], model)
                 if args.finetune:
                     fit(model, num_iterations=args.finetune, batch_size=args.batch, data=z_data,
                         kl_weight=0.0, ml_weight=1.0, lr=1e-3, progress=False)
