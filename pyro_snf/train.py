@@ -10,6 +10,13 @@ Per iteration, with ``B = batch_size``:
   flow of bijections, a bound for an SNF: not comparable with a plain flow's NLL);
 - the loss is ``kl_weight * J_KL + ml_weight * J_ML`` (the paper trains ML first, then 50/50).
 
+Early stopping: with ``validation_data`` (held-out target samples), ``J_ML`` on them is recorded every
+``validate_every`` iterations; training stops after ``patience`` evaluations without improvement, and the
+parameters of the best evaluation are restored. Maximum likelihood on a few thousand correlated samples
+overfits: on alanine dipeptide (8,000 MD frames, 2,000 held out) the held-out loss of a circular flow fell
+to 69.0 at iteration 200 and rose to 79.3 at 1,000 while the training loss kept falling, and the
+importance weights of the overfitted flow were far worse (Kish ESS 24 vs 288 of 10^4).
+
 Particles with a non-finite log-weight (a diverged Langevin path, an energy overflow) are left out
 of the mean and counted; a step whose gradient is non-finite is skipped (the parameters keep their
 last good values) and counted.
@@ -48,6 +55,10 @@ class TrainHistory:
     ml: list[float] = field(default_factory=list)
     num_skipped_steps: int = 0
     num_nonfinite_particles: int = 0
+    #: ``(iteration, held-out J_ML)`` pairs, iteration counted within the ``fit`` call (0: before training)
+    validation: list[tuple[int, float]] = field(default_factory=list)
+    #: the iteration whose parameters were restored (``None`` without ``validation_data``)
+    best_iteration: int | None = None
 
 
 def _finite_mean(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -66,6 +77,18 @@ def ml_loss(snf: StochasticNormalizingFlow, x: Tensor) -> tuple[Tensor, Tensor]:
     """``mean(-log q_0(z) + sum dS)`` over the backward paths of target samples ``x``."""
     _, bound = snf.backward_path(x)
     return _finite_mean(bound)
+
+
+def validation_loss(snf: StochasticNormalizingFlow, data: Tensor, chunk: int = 4096) -> float:
+    """``J_ML`` on held-out target samples ``data`` (mean over finite particles, ``inf`` if none), no
+    gradients; for an SNF the backward blocks make it a stochastic estimate."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for part in data.split(chunk):
+            _, bound = snf.backward_path(part)
+            ok = torch.isfinite(bound)
+            total, count = total + float(bound[ok].sum()), count + int(ok.sum())
+    return total / count if count else float("inf")
 
 
 def objective(snf: StochasticNormalizingFlow, batch_size: int, kl_weight: float, ml_weight: float,
@@ -89,6 +112,7 @@ def fit(snf: StochasticNormalizingFlow, *, num_iterations: int = 1000, batch_siz
         lr: float = 5e-3, kl_weight: float = 1.0, ml_weight: float = 0.0, data: Tensor | None = None,
         optimizer: torch.optim.Optimizer | None = None, clip_grad_norm: float | None = None,
         progress: bool = True, history: TrainHistory | None = None,
+        validation_data: Tensor | None = None, validate_every: int = 100, patience: int | None = None,
         num_steps: int | None = None) -> TrainHistory:
     """Train ``snf``'s layer parameters (Adam by default) and return the loss history.
 
@@ -97,6 +121,12 @@ def fit(snf: StochasticNormalizingFlow, *, num_iterations: int = 1000, batch_siz
     :param optimizer: an optimizer over ``snf.parameters()``; pass the same one to continue
         training with its state (e.g. the paper's second, mixed stage).
     :param history: a history to append to.
+    :param validation_data: held-out target samples: early stopping (module doc); ``history.validation``
+        and ``history.best_iteration`` record it. Only parameters are restored (an adapted step size is
+        a buffer and keeps its last value).
+    :param validate_every: iterations between evaluations of the held-out loss.
+    :param patience: stop after this many evaluations without improvement (``None``: run all
+        ``num_iterations``, then restore the best).
     :param num_steps: the old name of ``num_iterations`` (``DeprecationWarning``; a block's
         ``num_steps`` are its MCMC steps).
     """
@@ -112,8 +142,26 @@ def fit(snf: StochasticNormalizingFlow, *, num_iterations: int = 1000, batch_siz
     params = list(snf.parameters())
     if not params:
         raise ValueError("the flow has no trainable parameters")
+    if validation_data is not None and (validate_every < 1 or (patience is not None and patience < 1)):
+        raise ValueError(f"validate_every and patience must be >= 1, got {validate_every}, {patience}")
     optimizer = optimizer or torch.optim.Adam(params, lr=lr)
     history = history or TrainHistory()
+    best: tuple[float, int, list[Tensor]] | None = None
+    stale = 0
+
+    def validate(iteration: int) -> bool:
+        """Record the held-out loss; ``True`` when patience is exhausted."""
+        nonlocal best, stale
+        value = validation_loss(snf, validation_data)
+        history.validation.append((iteration, value))
+        if best is None or value < best[0]:
+            best, stale = (value, iteration, [p.detach().clone() for p in params]), 0
+        else:
+            stale += 1
+        return patience is not None and stale >= patience
+
+    if validation_data is not None:
+        validate(0)
     pending: list[Tensor] = []  # per-step (loss, kl, ml, bad), read back in bulk: no sync per value
 
     def flush() -> None:
@@ -144,6 +192,15 @@ def fit(snf: StochasticNormalizingFlow, *, num_iterations: int = 1000, batch_siz
                 bar.set_postfix(loss=f"{history.loss[-1]:.3f}")
             elif len(pending) >= 100:
                 flush()
+            done = step + 1
+            if validation_data is not None and (done % validate_every == 0 or done == num_iterations):
+                if validate(done):
+                    break
     finally:
         flush()
+    if best is not None:
+        with torch.no_grad():
+            for p, value in zip(params, best[2]):
+                p.copy_(value)
+        history.best_iteration = best[1]
     return history

@@ -180,3 +180,37 @@ def test_old_names_still_work_with_a_deprecation_warning():
     assert [type(t) for t in old_stage] == [type(t) for t in real_nvp_stage(2, hidden_dims=(4,))]
     with pytest.warns(DeprecationWarning, match="spline_coupling_stage"):
         spline_coupling_block(2, num_couplings=1, hidden_dims=(4,))
+
+
+def _overfitting_setup():
+    """A 2-D flow with wide MLPs and 16 training points of a Gaussian: maximum likelihood overfits."""
+    torch.manual_seed(0)
+    snf = make_snf(lambda x: 0.5 * (x ** 2).sum(-1), 2, block=None, hidden_dims=(64, 64), num_stages=2)
+    truth = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    return snf, truth.sample((16,)), truth.sample((2000,))
+
+
+def test_early_stopping_restores_the_best_held_out_parameters():
+    snf, train, held_out = _overfitting_setup()
+    history = fit(snf, num_iterations=400, batch_size=16, data=train, kl_weight=0.0, ml_weight=1.0,
+                  lr=1e-2, progress=False, validation_data=held_out, validate_every=25)
+    iterations, values = zip(*history.validation)
+    assert iterations == tuple(range(0, 401, 25)) and len(history.loss) == 400
+    best = min(range(len(values)), key=values.__getitem__)
+    assert history.best_iteration == iterations[best] < 400  # it did overfit: the last one is not the best
+    assert values[-1] > values[best] + 0.05
+    # the restored parameters are the best evaluation's (a plain flow's loss is deterministic)
+    from pyro_snf.train import validation_loss
+
+    assert validation_loss(snf, held_out) == pytest.approx(values[best], abs=1e-5)
+
+
+def test_early_stopping_with_patience_stops_and_validates_its_arguments():
+    snf, train, held_out = _overfitting_setup()
+    history = fit(snf, num_iterations=2000, batch_size=16, data=train, kl_weight=0.0, ml_weight=1.0,
+                  lr=1e-2, progress=False, validation_data=held_out, validate_every=25, patience=3)
+    last = history.validation[-1][0]
+    assert len(history.loss) == last < 2000 and last == history.best_iteration + 3 * 25
+    with pytest.raises(ValueError, match="validate_every and patience"):
+        fit(snf, num_iterations=2, data=train, kl_weight=0.0, ml_weight=1.0, progress=False,
+            validation_data=held_out, patience=0)
