@@ -99,6 +99,11 @@ def test_block_standard_error_and_weight_summary():
     assert mean == 0.5 and se == pytest.approx(np.std([0] * 5 + [1] * 5, ddof=1) / np.sqrt(10))
     s = weight_summary(np.array([0.0, 0.0, math.log(2.0), -np.inf]))
     assert s["ess"] == pytest.approx(16 / 6) and s["log_Z"] == pytest.approx(0.0)
+    assert math.isnan(s["khat"])  # too few weights for a Pareto fit: unknown, not a number that looks fine
+    rng = np.random.default_rng(3)
+    light, heavy = rng.normal(0, 0.3, 5000), rng.standard_cauchy(5000)
+    assert weight_summary(light)["khat"] < 0.5
+    assert weight_summary(np.log(np.abs(heavy)))["khat"] > 0.7  # |Cauchy| weights: tail index 1
 
 
 def test_shipped_md_data():

@@ -45,6 +45,7 @@ import warnings
 import numpy as np
 import torch
 
+from pyro_snf.diagnostics.arviz_compat import psis_khat
 from pyro_snf.weights import ImportanceWeights
 
 KERNEL = (0.25, 0.5, 1.0, 0.5, 0.25)
@@ -148,10 +149,14 @@ def block_standard_error(values, num_blocks: int = 10) -> tuple[float, float]:
 
 
 def weight_summary(log_weights) -> dict[str, float]:
-    """Kish ESS (count and fraction), ``log Z`` estimate and its standard error from log-weights."""
-    iw = ImportanceWeights(torch.as_tensor(np.asarray(log_weights, dtype=np.float64)))
+    """Kish ESS (count and fraction), ``log Z`` estimate and its standard error, and the PSIS ``k-hat`` of
+    the weights' tail (``khat``; above ``KHAT_THRESHOLD = 0.7`` the weights' variance is effectively
+    infinite and every reweighted number, its SE included, is unreliable)."""
+    lw = np.asarray(log_weights, dtype=np.float64)
+    iw = ImportanceWeights(torch.as_tensor(lw))
+    khat = psis_khat(np.where(np.isfinite(lw), lw, -np.inf))
     return {"ess": float(iw.ess), "ess_fraction": float(iw.ess_fraction), "log_Z": float(iw.log_evidence),
-            "log_Z_se": float(iw.log_evidence_stderr)}
+            "log_Z_se": float(iw.log_evidence_stderr), "khat": khat}
 
 
 def energy_histogram(u, log_weights=None, edges=None) -> tuple[np.ndarray, np.ndarray]:
