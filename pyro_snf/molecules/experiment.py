@@ -1,14 +1,15 @@
 """The paper's alanine-dipeptide Boltzmann generator (Wu, Köhler & Noé 2020, experiment 3) in pyro_snf.
 
 **Target.** Internal coordinates ``z`` (60 dims, :func:`~pyro_snf.molecules.alanine_dipeptide_transform`
-fitted on the training frames) with the energy :class:`~pyro_snf.molecules.InternalEnergy` of
-``linlogcut(u, 500, 10^4)`` (kT at 1000 K, the paper's cut) and ``rigid_body=True``: aligned MD frames
-follow :math:`e^{-u_z + \\log g}` (the Boltzmann density with the 6 rigid-body coordinates integrated
-out), so importance weights against this target reweight to the same marginals as MD. The torsion
-coordinates of ``z`` are periodic; the target is restricted to the box :math:`(-\\pi, \\pi]` of every
-torsion coordinate (:class:`TorsionBox`, energy ``+inf`` outside), where the inverse transform puts
-every configuration exactly once, so the target is normalisable and its marginal in positions is
-exactly the (cut) Boltzmann density; a sample outside the box gets weight 0, a proposal there is rejected.
+fitted on the training frames) with the energy :class:`~pyro_snf.molecules.InternalEnergy` of ``linlogcut(u,
+500, 10^4)`` (kT at 1000 K, the paper's cut) and ``rigid_body=True``: aligned MD frames follow
+:math:`e^{-u_z + \\log g}` (the Boltzmann density with the 6 rigid-body coordinates integrated out), so
+importance weights against this target reweight to the same marginals as MD. The torsion coordinates of
+``z`` are periodic; the target is restricted to the box :math:`[-\\pi, \\pi]` of every torsion coordinate
+(:class:`TorsionBox`, energy ``+inf`` outside), where the inverse transform puts every configuration exactly
+once (the two ends are one configuration, a set of measure zero), so the target is normalisable and its
+marginal in positions is exactly the (cut) Boltzmann density; a sample outside the box gets weight 0, a
+proposal there is rejected.
 
 **Models** (:func:`paper_ala2_model`): ``"rnvp"``, RealNVP of ``num_stages`` stages of 2 affine couplings
 (MLP ``hidden_dims``, ReLU, Pyro's ``AffineCoupling``) on a standard normal base; ``"snf_mc"`` /
