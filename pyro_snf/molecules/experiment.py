@@ -145,8 +145,9 @@ def paper_ala2_model(target: TorsionBox, variant: str = "snf_mc", *, num_stages:
 def wide_torsions(target: TorsionBox, z: Tensor, threshold: float = 2.0) -> Tensor:
     """Boolean mask of the torsion coordinates whose values in ``z`` (e.g. the MD frames) reach
     ``|z| > threshold`` rad (near the seam at ``pi`` of the box): the ones a flow on ``R`` would carry out
-    of the box. On the shipped 1000 K training set: 7 of 17 (three methyl rotors, the backbone-like
-    phi and psi rows, two amide-hydrogen torsions), the other 10 stay within 1.7 rad of their mean."""
+    of the box. On the shipped 1000 K training set: 7 of 17 (the three methyl rotors, the rows that place
+    CA's C and the C-terminal N, i.e. the backbone phi and psi, and the two that place the C-terminal
+    amide's H and methyl C, which the MD takes to cis); the other 10 stay within 1.7 rad of their mean."""
     mask = torch.zeros(target.dim, dtype=torch.bool)
     sl = target.transform.torsion_slice
     mask[sl] = (z[..., sl].abs() > threshold).reshape(-1, sl.stop - sl.start).any(0).cpu()
