@@ -20,7 +20,7 @@ reference population), phi > 0 population, Kish ESS, PSIS k-hat, log Z.
 
     python -m benchmarks.ala2                          # 3 seeds, paper sizes (about 9 min on one core)
     python -m benchmarks.ala2 --validation 0 --finetune 0   # the paper's protocol (about 7 min)
-    python -m benchmarks.ala2 --smoke                  # CI size (5-10 s)
+    python -m benchmarks.ala2 --smoke                  # CI size (about 13 s)
 """
 
 from __future__ import annotations
