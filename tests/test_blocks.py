@@ -493,3 +493,26 @@ def test_pulled_back_block_runs_the_wrapped_block_on_the_pulled_back_energy(bloc
     y_ref, dS_ref, _ = inner.step(x, lambda w: TARGET(affine(w)), BASE.normalised)
     assert torch.equal(y, y_ref) and torch.equal(dS, dS_ref)
     assert block.last_info is info
+
+
+@pytest.mark.parametrize("jacobian", [True, False])
+def test_pulled_back_block_with_jacobian_samples_the_target_seen_through_a_nonlinear_map(jacobian):
+    """x ~ Gamma(3, 1) is exp(-u), u(x) = x - 2 log x, on x > 0, seen through f(w) = exp(w): w = log x
+    has density exp(3 w - e^w), mean digamma(3), variance trigamma(3). With the Jacobian the block
+    leaves that law invariant; without it it targets u(exp(w)) = e^w - 2 w (mean digamma(2)), so the
+    chain started in the right law drifts by 0.5, 100 standard errors."""
+    from scipy.special import digamma, polygamma
+    from torch.distributions import ExpTransform
+
+    torch.manual_seed(0)
+    x = torch.distributions.Gamma(3.0, 1.0).sample((20_000, 1)).double()
+    block = PulledBackBlock(MetropolisBlock(step_size=0.8, num_steps=50), [ExpTransform()], jacobian=jacobian)
+    assert ("jacobian=True" in repr(block)) is jacobian
+    w, dS, _ = block.step(x.log(), lambda y: (y - 2 * y.log()).sum(-1))
+    torch.testing.assert_close(dS, block.pull_back(lambda y: (y - 2 * y.log()).sum(-1))(w)
+                               - block.pull_back(lambda y: (y - 2 * y.log()).sum(-1))(x.log()))
+    mean = float(digamma(3.0 if jacobian else 2.0))
+    se = math.sqrt(float(polygamma(1, 3.0)) / len(w))
+    assert abs(float(w.mean()) - mean) < 5 * se
+    if jacobian:
+        assert float(w.var()) == pytest.approx(float(polygamma(1, 3.0)), rel=0.05)

@@ -11,6 +11,7 @@ from torch.distributions import Transform
 
 from pyro_snf.blocks.base import BlockStep, StochasticBlock
 from pyro_snf.energy import Potential
+from pyro_snf.path import _log_det
 
 
 class PulledBackBlock(StochasticBlock):
@@ -18,9 +19,17 @@ class PulledBackBlock(StochasticBlock):
 
     With ``transforms = (f_1, ..., f_m)`` (e.g. the later flow layers of
     :class:`~pyro_snf.infer.AutoSNF`, ending with its affine map ``A``) the block targets
-    ``u(f_m(...f_1(w)))``: the target in the block's own coordinates. Any target keeps the path
-    weights exact; this one keeps every block consistent with the final map. The transforms are
-    held in a tuple (registered elsewhere). ``metropolis_adjusted``, ``step_size``, ``beta``,
+    ``u(f_m(...f_1(w)))``; with ``jacobian=True``
+
+    .. math:: u_w(w) = u(f(w)) - \\log\\lvert\\det \\partial f(w) / \\partial w\\rvert,
+       \\quad f = f_m \\circ \\dots \\circ f_1,
+
+    the target's density in the block's own coordinates: the density that ``f`` pushes forward to
+    :math:`e^{-u}`. The two agree up to a constant when every ``f_i`` is affine; for nonlinear
+    transforms (a flow's later stages) only the second is the target seen through them (MCMC in a
+    flow's latent space, as NeuTra, Hoffman et al. 2019). Any target keeps the path weights exact;
+    these keep every block consistent with the final map. The transforms are held in a tuple
+    (registered elsewhere). ``metropolis_adjusted``, ``step_size``, ``beta``,
     ``adapt_step_size`` and :meth:`adapting` are the wrapped block's, which also adapts and keeps
     its own ``last_info``.
 
@@ -36,18 +45,24 @@ class PulledBackBlock(StochasticBlock):
         (True, True)
     """
 
-    def __init__(self, block: StochasticBlock, transforms: Sequence[Transform]) -> None:
+    def __init__(self, block: StochasticBlock, transforms: Sequence[Transform], *,
+                 jacobian: bool = False) -> None:
         TransformModule.__init__(self, cache_size=0)  # no settings of its own: they are the block's
-        self.block, self._transforms = block, tuple(transforms)
+        self.block, self._transforms, self.jacobian = block, tuple(transforms), bool(jacobian)
         self.potential = self.base_potential = None
         self.last_info = None
         self._record = None
 
     def pull_back(self, potential: Potential) -> Potential:
         def pulled(w: Tensor) -> Tensor:
+            log_det = None
             for transform in self._transforms:
-                w = transform(w)
-            return potential(w)
+                y = transform(w)
+                if self.jacobian:
+                    term = _log_det(transform, w, y)
+                    log_det = term if log_det is None else log_det + term
+                w = y
+            return potential(w) if log_det is None else potential(w) - log_det
 
         return pulled
 
@@ -69,5 +84,5 @@ class PulledBackBlock(StochasticBlock):
         return self.block.step_size_like(x)
 
     def extra_repr(self) -> str:
-        return ""
+        return "jacobian=True" if self.jacobian else ""
 
