@@ -114,6 +114,13 @@ def test_shipped_md_data():
     assert ref["torsions"].shape == (50_000, 7) and ref["energy"].shape == (50_000,)
     phi = ref["torsions"][:, ALA2_TORSION_NAMES.index("phi")]
     assert 0.08 < np.mean(phi > 0) < 0.13 and np.isfinite(ref["energy"]).all()
+    # the training set is near equilibrium in every torsion (cis/trans included): an exact sampler, the
+    # independent reference standing in for one, scores far below the paper's SNF in their KL against it
+    from pyro_snf.molecules.ala2_data import ala2_torsions
+
+    train = ala2_torsions(x)
+    for i, name in enumerate(ALA2_TORSION_NAMES):
+        assert torsion_kl(train[:, i], ref["torsions"][:, i])["paper"] < 0.06, name
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +189,7 @@ def test_circular_models_keep_torsions_in_the_box(ala2_setup):
     assert not wide[:torsions.start].any() and 4 <= int(wide.sum()) <= 10
     torch.manual_seed(0)
     for periodic in (None, wide):  # every torsion an angle, or the wide ones
-        for variant in ("circular", "snf_mc_circular"):
+        for variant in ("circular", "snf_mc_circular", "snf_mc_pulled_circular"):
             model = paper_ala2_model(target, variant, hidden_dims=(8,), num_steps=2, periodic=periodic)
             out = sample_with_weights(model, 64, chunk=32)
             mask = torch.zeros(target.dim, dtype=torch.bool) if periodic is None else periodic
@@ -190,6 +197,16 @@ def test_circular_models_keep_torsions_in_the_box(ala2_setup):
                 mask[torsions] = True
                 assert np.isfinite(out["log_weights"]).all()  # no draw outside the box: none weighs 0
             assert (np.abs(out["z"][:, mask.numpy()]) <= math.pi).all()
+    # pulled-back blocks: one before each stage, on the target seen through that stage and all later ones
+    # (the SNF's own layers, so that training or copying parameters reaches the blocks' energies)
+    from pyro_snf.blocks import PulledBackBlock
+
+    model = paper_ala2_model(target, "snf_mc_pulled_circular", hidden_dims=(8,), num_stages=3, num_steps=1)
+    blocks = [i for i, layer in enumerate(model.layers) if isinstance(layer, PulledBackBlock)]
+    assert blocks == [0, 3, 6] and all(model.layers[i].jacobian for i in blocks)
+    for i in blocks:
+        later = [t for t in model.layers[i + 1:] if not isinstance(t, PulledBackBlock)]
+        assert all(a is b for a, b in zip(model.layers[i]._transforms, later, strict=True))
     bad = torch.zeros(target.dim, dtype=torch.bool)
     bad[0] = True
     with pytest.raises(ValueError, match="torsion coordinates only"):
@@ -200,11 +217,11 @@ def test_benchmark_smoke(tmp_path):
     pytest.importorskip("openmmtools")
     pytest.importorskip("matplotlib")
     from benchmarks.ala2 import main
+    from pyro_snf.molecules.experiment import VARIANTS
 
     main(["--smoke", "--out", str(tmp_path)])
     results = json.loads((tmp_path / "ala2_smoke.json").read_text())
-    assert set(results["runs"]) == {"rnvp", "snf_mc", "snf_mala", "circular", "snf_mc_circular",
-                                    "snf_mala_circular"}
+    assert set(results["runs"]) == set(VARIANTS)
     assert (tmp_path / "ala2_smoke_ramachandran.png").stat().st_size > 10_000
     assert "their definition" in (tmp_path / "ala2_smoke.md").read_text()
     for key in ("circular", "snf_mc_circular", "snf_mala_circular"):
