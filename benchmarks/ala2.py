@@ -1,28 +1,29 @@
 """Rerun the alanine-dipeptide experiment of Wu, Köhler & Noé (2020): RNVP vs SNF in internal coordinates.
 
 Data: the shipped MD (``pyro_snf/molecules/data``: 40 ns training set at 1000 K, 10^4 frames 4 ps apart;
-an independent 10 ns reference). Target: ``TorsionBox(InternalEnergy(linlogcut(u, 500, 1e4), rigid_body=True))`` in the
-paper's 60 internal coordinates (``pyro_snf.molecules.experiment``). Models: RNVP, 5 stages of 2 affine
-couplings (MLP 3 x 128, ReLU); SNF = the same stages with a stochastic block after each, annealed at
-lambda_i = i/4 (random-walk Metropolis, 20 steps of 0.1, as the paper; or MALA, 5 steps of 0.01); the
-circular variants put the torsions that reach the seam on the circle (``CircularCoupling``, not in the
-paper); ``snf_mc_pulled_circular`` runs the same Metropolis blocks before each circular stage on the target
-pulled back through the later stages (``PulledBackBlock(..., jacobian=True)``). Training: maximum likelihood, Adam 1e-3, batch 128, at most 1,000 iterations (the paper's). By
-default the last 20% of the training frames are held out and every flow's training stops early on their
-loss (``--validation``; ML on 8,000 frames overfits within a few hundred iterations, and the weights of
-an overfitted flow degrade); each SNF starts from its flow's trained stages with the blocks
-inserted, and the SNFs in ``--finetune-variants`` (default the circular Metropolis SNF) are then trained
-through their blocks by ML for up to ``--finetune`` iterations (default 100), early-stopped the same way
-(one such iteration costs about 0.75 s, 20-40x a flow iteration). ``--validation 0 --finetune 0`` is the
-paper's protocol for the flows, with the blocks inserted untrained. Metrics (``evaluate_ala2``): the
-paper's torsion KL (unweighted, as the paper; against the training set, their definition, and against
-the 10 ns reference) and a normalised KL, (phi, psi) free-energy RMSE (20 x 20 bins, bins with >= 1%
-reference population), phi > 0 population, Kish ESS, PSIS k-hat, log Z; beside the paper's KLs, the score
-of an exact sampler (the 10 ns reference against the training set).
+an independent 10 ns reference). Target: ``TorsionBox(InternalEnergy(linlogcut(u, 500, 1e4),
+rigid_body=True))`` in the paper's 60 internal coordinates (``pyro_snf.molecules.experiment``). Models:
+RNVP, 5 stages of 2 affine couplings (MLP 3 x 128, ReLU); SNF = the same stages with a stochastic block
+after each, annealed at lambda_i = i/4 (random-walk Metropolis, 20 steps of 0.1, as the paper; or MALA,
+5 steps of 0.01); the circular variants put the torsions that reach the seam on the circle
+(``CircularCoupling``, not in the paper); ``snf_mc_pulled_circular`` runs the same Metropolis blocks
+before each circular stage on the target pulled back through the later stages
+(``PulledBackBlock(..., jacobian=True)``). Training: maximum likelihood, Adam 1e-3, batch 128, at most
+1,000 iterations (the paper's). By default the last 20% of the training frames are held out and every
+flow's training stops early on their loss (``--validation``; ML on 8,000 frames overfits within a few
+hundred iterations, and the weights of an overfitted flow degrade); each SNF starts from its flow's
+trained stages with the blocks inserted, and the SNFs in ``--finetune-variants`` (default the circular
+Metropolis SNF) are then trained through their blocks by ML for up to ``--finetune`` iterations (default
+100), early-stopped the same way (one such iteration costs about 1.2 s, 20-40x a flow iteration).
+``--validation 0 --finetune 0`` is the paper's protocol for the flows, with the blocks inserted untrained.
+Metrics (``evaluate_ala2``): the paper's torsion KL (unweighted, as the paper; against the training set,
+their definition, and against the 10 ns reference) and a normalised KL, (phi, psi) free-energy RMSE (20 x
+20 bins, bins with >= 1% reference population), phi > 0 population, Kish ESS, PSIS k-hat, log Z; beside
+the paper's KLs, the score of an exact sampler (the 10 ns reference against the training set).
 
-    python -m benchmarks.ala2                          # 3 seeds, paper sizes (about 9 min on one core)
-    python -m benchmarks.ala2 --validation 0 --finetune 0   # the paper's protocol (about 7 min)
-    python -m benchmarks.ala2 --smoke                  # CI size (about 13 s)
+    python -m benchmarks.ala2                          # 3 seeds, paper sizes (about 14 min on one core)
+    python -m benchmarks.ala2 --validation 0 --finetune 0   # the paper's protocol (about 10 min)
+    python -m benchmarks.ala2 --smoke                  # CI size (about 15 s)
 """
 
 from __future__ import annotations

@@ -150,7 +150,8 @@ def paper_ala2_model(target: TorsionBox, variant: str = "snf_mc", *, num_stages:
 
     if pulled:  # before stage k: the target pulled back through stages k..K, Jacobian included
         flow = make_snf(target, target.dim, block=None, **options)
-        stages = [list(flow.layers[i:i + 2]) for i in range(0, len(flow.layers), 2)]
+        size = len(flow.layers) // num_stages  # the layers of one stage (its couplings)
+        stages = [list(flow.layers[i:i + size]) for i in range(0, len(flow.layers), size)]
         layers: list = []
         for k, stage in enumerate(stages):
             later = [t for s in stages[k:] for t in s]
