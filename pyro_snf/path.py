@@ -24,6 +24,7 @@ from torch.distributions import Transform
 
 from pyro_snf.blocks.base import BlockInfo, StochasticBlock
 from pyro_snf.energy import Potential
+from pyro_snf.transforms.jacobian import log_abs_det
 
 Layer = Transform
 
@@ -45,13 +46,6 @@ def check_layers(layers: Sequence[Layer]) -> list[Layer]:
                 "SNF layers act on vectors (event_dim 0 or 1)"
             )
     return layers
-
-
-def _log_det(layer: Transform, x: Tensor, y: Tensor) -> Tensor:
-    ladj = layer.log_abs_det_jacobian(x, y)
-    if layer.domain.event_dim == 0:
-        ladj = ladj.sum(-1)
-    return ladj.expand(x.shape[:-1]) if ladj.shape != x.shape[:-1] else ladj
 
 
 def _check_shape(i: int, layer: Layer, before: Tensor, after: Tensor) -> None:
@@ -84,7 +78,7 @@ def forward_path(
         else:
             y_next = layer(y)
             _check_shape(i, layer, y, y_next)
-            dS = _log_det(layer, y, y_next)
+            dS = log_abs_det(layer, y, y_next)
         total = total + dS
         y = y_next
         if states is not None:
@@ -112,7 +106,7 @@ def backward_path(
         else:
             y_prev = layer.inv(y)
             _check_shape(i, layer, y, y_prev)
-            dS = _log_det(layer, y_prev, y)
+            dS = log_abs_det(layer, y_prev, y)
         total = total + dS
         y = y_prev
     if infos is not None:

@@ -11,7 +11,7 @@ from torch.distributions import Transform
 
 from pyro_snf.blocks.base import BlockStep, StochasticBlock
 from pyro_snf.energy import Potential
-from pyro_snf.path import _log_det
+from pyro_snf.transforms.jacobian import log_abs_det
 
 
 class PulledBackBlock(StochasticBlock):
@@ -59,7 +59,7 @@ class PulledBackBlock(StochasticBlock):
             for transform in self._transforms:
                 y = transform(w)
                 if self.jacobian:
-                    term = _log_det(transform, w, y)
+                    term = log_abs_det(transform, w, y)
                     log_det = term if log_det is None else log_det + term
                 w = y
             return potential(w) if log_det is None else potential(w) - log_det
