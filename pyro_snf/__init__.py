@@ -1,5 +1,6 @@
 """pyro_snf: Stochastic Normalizing Flows for Pyro (Wu, Köhler & Noé, NeurIPS 2020)."""
 
+from pyro_snf.augment import mcmc_augment
 from pyro_snf.blocks import (
     BlockInfo,
     HMCBlock,
@@ -29,5 +30,6 @@ __all__ = [
     "TrainHistory",
     "UnderdampedLangevinBlock",
     "fit",
+    "mcmc_augment",
     "sanitize_log_weights",
 ]

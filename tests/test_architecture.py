@@ -21,7 +21,7 @@ LAYERS: list[list[str]] = [
     ["pyro_snf.blocks"],
     ["pyro_snf.path"],
     ["pyro_snf.distribution"],
-    ["pyro_snf.train", "pyro_snf.architectures", "pyro_snf.molecules"],
+    ["pyro_snf.train", "pyro_snf.augment", "pyro_snf.architectures", "pyro_snf.molecules"],
     ["pyro_snf.infer"],
     ["pyro_snf.distributed"],
     ["pyro_snf.examples", "pyro_snf.__main__"],
