@@ -175,7 +175,9 @@ def test_models_and_evaluation(ala2_setup):
     with pytest.raises(ValueError, match="variant"):
         paper_ala2_model(target, "nvp")
     out = sample_with_weights(snf, 64, chunk=32)
-    metrics = evaluate_ala2(out, load_ala2_reference(), bins=10)
+    with pytest.warns(RuntimeWarning, match="k-hat .* > 0.7"):  # an untrained SNF's weights
+        metrics = evaluate_ala2(out, load_ala2_reference(), bins=10)
+    assert metrics["weights"]["khat"] > 0.7 and not metrics["reweighting_reliable"]
     assert set(metrics["kl"]) == {"phi_nb", "gamma1", "psi_nb", "gamma2", "gamma3", "phi", "psi"}
     assert metrics["num_samples"] == 64 and 0 <= metrics["fraction_zero_weight"] <= 1
 
@@ -224,5 +226,6 @@ def test_benchmark_smoke(tmp_path):
     assert set(results["runs"]) == set(VARIANTS)
     assert (tmp_path / "ala2_smoke_ramachandran.png").stat().st_size > 10_000
     assert "their definition" in (tmp_path / "ala2_smoke.md").read_text()
+    assert results["augmentation"]["pool"] == 2 * 8000  # 8,000 frames fitted, one snapshot each
     for key in ("circular", "snf_mc_circular", "snf_mala_circular"):
         assert all(r["fraction_zero_weight"] < 0.2 for r in results["runs"][key])

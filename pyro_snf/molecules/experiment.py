@@ -48,6 +48,7 @@ Example (a tiny model on 200 frames of MD)::
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -55,6 +56,7 @@ from torch import Tensor, nn
 
 from pyro_snf.architectures import make_snf
 from pyro_snf.blocks import MALABlock, MetropolisBlock, PulledBackBlock, StochasticBlock
+from pyro_snf.diagnostics.arviz_compat import KHAT_THRESHOLD
 from pyro_snf.distribution import StochasticNormalizingFlow
 from pyro_snf.molecules.ala2_data import ALA2_TORSION_NAMES, ala2_torsions
 from pyro_snf.molecules.internal import MixedTransform, alanine_dipeptide_transform
@@ -218,7 +220,9 @@ def evaluate_ala2(samples: dict[str, np.ndarray], reference: dict[str, np.ndarra
     ``phi > 0`` population, Kish ESS, ``log Z`` and the fraction of zero weights (outside the torsion
     box, or a non-finite energy). With ``training_torsions`` (``ala2_torsions`` of the training frames)
     it adds ``kl_vs_training``, the unweighted KL against the training set: the paper's notebook's
-    comparison."""
+    comparison. ``reweighting_reliable`` is ``False``, with a ``RuntimeWarning``, where the weights' PSIS
+    k-hat exceeds 0.7: their variance is then effectively infinite, and every reweighted number (SEs
+    included) can be far off however plausible it looks."""
     tor = ala2_torsions(samples["x"])
     lw = samples["log_weights"]
     ref = reference["torsions"].astype(np.float64)
@@ -237,6 +241,11 @@ def evaluate_ala2(samples: dict[str, np.ndarray], reference: dict[str, np.ndarra
         p, se = weighted_fraction(tor[:, col["phi"]] > 0, weights)
         out[key] = {"value": p, "se": se}
     out["weights"] = weight_summary(lw)
+    out["reweighting_reliable"] = bool(out["weights"]["khat"] <= KHAT_THRESHOLD)
+    if not out["reweighting_reliable"]:
+        warnings.warn(f"evaluate_ala2: PSIS k-hat {out['weights']['khat']:.2f} > {KHAT_THRESHOLD}: the "
+                      "reweighted metrics (kl_reweighted, fes_reweighted, phi_positive_reweighted, log Z) "
+                      "are unreliable", RuntimeWarning, stacklevel=2)
     out["fraction_zero_weight"] = float(np.mean(np.isneginf(lw)))
     out["num_samples"] = int(len(lw))
     return out
