@@ -14,10 +14,11 @@ data to be independent; it does need them to be samples of ``p`` itself. Data fr
 (another temperature, another force field, a biased simulation) are moved toward ``p``, and the pool
 then mixes the two: reweight or regenerate such data instead.
 
-On alanine dipeptide (8,000 MD frames at 1000 K, 4 snapshots 50 Metropolis steps of 0.1 apart,
-acceptance 0.28, about 40 s on one core) the held-out ML loss of a circular flow stopped rising: it
-reached 68.4 at iteration 250 and 77.2 at 1,000 on the frames alone, and stayed within 67.7-68.2 from
-iteration 400 to 1,000 on the pool (``benchmarks/ALA2_RESULTS.md``).
+On alanine dipeptide (8,000 MD frames at 1000 K; snapshots 50 Metropolis steps of 0.1 apart, acceptance
+0.28, about 10 s per snapshot on one core) the held-out ML loss of a circular flow stopped rising. On the
+frames alone it was lowest at iteration 250 (68.4) and reached 77.2 at 1,000; on a pool with 4 snapshots
+per frame it stayed within 67.7-68.2 from iteration 400 to 1,000, and with 8 it reached 67.5 at
+iteration 700 (``benchmarks/ALA2_RESULTS.md``).
 
 Example::
 
