@@ -66,6 +66,7 @@ LABELS = {"rnvp": "RNVP", "snf_mc": "SNF, Metropolis (20 x 0.1)", "snf_mala": "S
           "circular": "circular flow", "snf_mc_circular": "circular SNF, Metropolis",
           "snf_mala_circular": "circular SNF, MALA",
           "snf_mc_pulled_circular": "circular SNF, Metropolis on the pulled-back target"}
+SHORT = {**LABELS, "snf_mc_pulled_circular": "pulled-back circular SNF"}  # figure titles
 FLOWS = ("rnvp", "circular")  # trained by ML; every SNF reuses the stages of its flow
 PAPER_KL = {"rnvp": None, "snf_mc": {"phi_nb": 0.41, "gamma1": 0.20, "psi_nb": 0.16, "gamma2": 0.08,
                                      "gamma3": 0.10}}
@@ -113,9 +114,9 @@ def figure(path: Path, reference: dict, samples: dict, energy_ref: np.ndarray) -
     snf = preferred[0] if preferred else list(samples)[-1]
     panels = [("MD reference (10 ns)", reference["torsions"], None)]
     for key in dict.fromkeys(k for k in ("rnvp", _flow_of(snf), snf) if k in samples):
-        panels.append((f"{LABELS[key]}, unweighted", samples[key]["torsions"], None))
+        panels.append((f"{SHORT[key]}, unweighted", samples[key]["torsions"], None))
     lw = samples[snf]["log_weights"]
-    panels.append((f"{LABELS[snf]}, reweighted", samples[snf]["torsions"], np.exp(lw - lw.max())))
+    panels.append((f"{SHORT[snf]}, reweighted", samples[snf]["torsions"], np.exp(lw - lw.max())))
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.4 * (len(panels) + 1), 4.2))
     edges = np.linspace(-np.pi, np.pi, 61)
     for ax, (title, tor, w) in zip(axes, panels):  # colour: density, 4 decades below the top bin
