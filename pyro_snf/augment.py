@@ -15,7 +15,7 @@ data to be independent; it does need them to be samples of ``p`` itself. Data fr
 then mixes the two: reweight or regenerate such data instead.
 
 On alanine dipeptide (8,000 MD frames at 1000 K; snapshots 50 Metropolis steps of 0.1 apart, acceptance
-0.28, about 10 s per snapshot on one core) the held-out ML loss of a circular flow stopped rising. On the
+0.27-0.28, 10-13 s per snapshot on one core) the held-out ML loss of a circular flow stopped rising. On the
 frames alone it was lowest at iteration 250 (68.4) and reached 77.2 at 1,000; on a pool with 4 snapshots
 per frame it stayed within 67.7-68.2 from iteration 400 to 1,000, and with 8 it reached 67.5 at
 iteration 700 (``benchmarks/ALA2_RESULTS.md``).
@@ -31,8 +31,8 @@ Example::
     >>> pool.shape, bool((pool[:100] == data).all())
     (torch.Size([400, 2]), True)
 
-References: Metropolis et al. (1953) and Hastings (1970) for the invariance; the same argument lets
-Boltzmann generators mix MCMC samples into their training data (Noé, Olsson, Köhler & Wu, Science 2019).
+References: Metropolis, Rosenbluth, Rosenbluth, Teller & Teller (1953) and Hastings (1970), for the
+invariance of a Metropolis-Hastings kernel.
 """
 
 from __future__ import annotations
